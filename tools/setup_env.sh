@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Create .venv and install sparse_ext's reference stack (README's set-up command).
+#   bash tools/setup_env.sh            # idempotent: a second run only checks and exits
+# Honours PIP_FIND_LINKS (space-separated folders/URLs of prebuilt wheels, e.g. an mmcv 2.1.0 wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pipi() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+# Build tooling first: torch 2.13 declares setuptools>=77 and mmcv's build imports pkg_resources (<81).
+pipi "setuptools>=77,<81" wheel ninja
+pipi "torch==2.13.0"
+
+# mmcv 2.1.0 with compiled ops: source-only on the registry and it cannot build under build isolation.
+if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" >/dev/null 2>&1; then
+  found=""
+  for d in ${PIP_FIND_LINKS:-}; do
+    ls "$d"/mmcv-2.1.0-*.whl >/dev/null 2>&1 && found="$d" && break
+  done
+  if [ -n "$found" ]; then
+    echo "[setup] installing mmcv 2.1.0 from the prebuilt wheel in $found"
+  else
+    echo "[setup] no prebuilt mmcv 2.1.0 wheel in PIP_FIND_LINKS: building mmcv from source." >&2
+    echo "[setup] THIS TAKES A LONG TIME (about 30 minutes on 2 cores). To skip it, point PIP_FIND_LINKS" >&2
+    echo "[setup] at a folder holding mmcv-2.1.0-cp311-*.whl, or use OpenMMLab's prebuilt wheels (see README)." >&2
+  fi
+  MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation "mmcv==2.1.0"
+fi
+
+pipi "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex pycocotools scipy scikit-image matplotlib tifffile
+# openmim 0.3.9 pins old setuptools/requests through openxlab: install it without its deps.
+pipi --no-deps "openmim==0.3.9"
+pipi Click colorama model-index pandas requests rich tabulate
+# Reference ECE implementation (test-only parity check); it pins torch~=1.9, so no deps.
+pipi --no-deps "ece-loss==1.0.0"
+pipi -e ".[test,mmseg]"
+
+"$PY" - <<'PY'
+import mmcv, mmseg, mmengine, torch, mmcv.ops  # noqa: F401
+import sparse_ext
+print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "
+      f"mmseg {mmseg.__version__}, sparse_ext {sparse_ext.__version__}")
+PY
