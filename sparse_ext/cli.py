@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sparse_ext {__version__}")
     sub = parser.add_subparsers(dest="command")
-    loss_demo = sub.add_parser("loss-demo", help="print CE vs ECE on a sparsely annotated toy batch")
+    loss_demo = sub.add_parser(
+        "loss-demo", help="print CE vs ECE on a sparsely annotated toy batch"
+    )
     loss_demo.add_argument("--seed", type=int, default=0)
     loss_demo.set_defaults(func=_loss_demo)
     return parser
