@@ -12,6 +12,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
+stamp="$VENV/.sparse_ext_setup"
+want=$(cat tools/setup_env.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+verify() {
+  "$PY" - <<'PY'
+import mmcv, mmcv.ops, mmengine, mmseg, torch  # noqa: F401
+import sparse_ext
+print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "
+      f"mmseg {mmseg.__version__}, sparse_ext {sparse_ext.__version__}")
+PY
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && verify 2>/dev/null; then
+  echo "[setup] $VENV is up to date (delete $stamp to force a re-install)"
+  exit 0
+fi
 pipi() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 # Build tooling first: torch 2.13 declares setuptools>=77 and mmcv's build imports pkg_resources (<81).
@@ -34,7 +48,9 @@ if ! "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" >/dev/
   MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation "mmcv==2.1.0"
 fi
 
-pipi "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex pycocotools scipy scikit-image matplotlib tifffile
+# Pinned to the versions this project is tested with.
+pipi "mmengine==0.10.7" "mmsegmentation==1.2.2" "ftfy==6.3.1" "regex==2026.11.19" "numpy==2.4.6" \
+  "pycocotools==2.0.11" "scipy==1.17.1" "scikit-image==0.26.0" "matplotlib==3.11.2" "tifffile==2026.3.3"
 # openmim 0.3.9 pins old setuptools/requests through openxlab: install it without its deps.
 pipi --no-deps "openmim==0.3.9"
 pipi Click colorama model-index pandas requests rich tabulate
@@ -42,9 +58,5 @@ pipi Click colorama model-index pandas requests rich tabulate
 pipi --no-deps "ece-loss==1.0.0"
 pipi -e ".[test,mmseg]"
 
-"$PY" - <<'PY'
-import mmcv, mmseg, mmengine, torch, mmcv.ops  # noqa: F401
-import sparse_ext
-print(f"[setup] ok: torch {torch.__version__}, mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, "
-      f"mmseg {mmseg.__version__}, sparse_ext {sparse_ext.__version__}")
-PY
+verify
+echo "$want" > "$stamp"
