@@ -1,0 +1,232 @@
+"""Label super-resolution (LSR) losses: pixel masks from block-level labels.
+
+Seed: Zhao, Hou et al., "Label super resolution with inter-instance loss", Eq. 1-11 and Appendix A.
+Every image block k carries a low-resolution label z; for each high-resolution class l the table
+gives eta[l, z] and rho[l, z], the mean and standard deviation of the fraction of class-l pixels in
+blocks with label z. With p the softmax of the network over the valid pixels X_k of block k,
+
+    mu_k = mean_{X_k} p,    sigma2_k = sum_{X_k} p (1 - p) / |X_k|^2          (Appendix Eq. 14/16)
+
+and each statistic is matched to the table by the distance of Eq. 5 / Eq. 9,
+
+    D = 0.5 * sigma2 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2)^2 + 0.5 * log(2 pi (sigma2 + floor))
+
+(alpha: the paper's Appendix A scaling of rho; floor: the 0.03 both public reference codes add
+inside the log so that it stays bounded).
+
+- ``"intra"`` (Eq. 5): every block matches (mu_k, sigma2_k) on its own; a (l, z) group's distance
+  is the mean of its blocks' distances.
+- ``"inter"`` (Eq. 9): the blocks of a (l, z) group in the batch are instances of one distribution:
+  mu = mean_k mu_k, sigma2 = mean_k (mu_k - mu)^2. A group of one block has variance 0.
+- ``"intra_inter"`` (Eq. 11): sigma2 = mean_k sigma2_k + mean_k mu_k^2 - mu^2.
+
+In every mode the loss is the mean, over the (l, z) groups present in the batch, of the group's
+distance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from sparse_ext.losses._checks import check_choice
+
+__all__ = ["LabelSuperResolutionLoss", "load_lsr_table", "lsr_loss"]
+
+MODES = ("intra", "inter", "intra_inter")
+_TINY = 1e-12  # keeps D finite where rho = 0 and sigma2 = 0 (a table cell from a single block)
+
+
+def _distance(
+    mu: Tensor, sigma2: Tensor, eta: Tensor, rho: Tensor, variance_floor: float
+) -> Tensor:
+    """Eq. 5 / Eq. 9 with the log's variance floor."""
+    denominator = (rho.square() + sigma2).square().clamp_min(_TINY)
+    return 0.5 * sigma2 * (eta - mu).square() / denominator + 0.5 * torch.log(
+        2 * math.pi * (sigma2 + variance_floor)
+    )
+
+
+def _table(eta: Tensor, rho: Tensor, num_classes: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    eta = torch.as_tensor(eta, dtype=dtype, device=like.device)
+    rho = torch.as_tensor(rho, dtype=dtype, device=like.device)
+    if eta.dim() != 2 or eta.shape != rho.shape:
+        raise ValueError(
+            f"eta and rho must both be (classes, labels) tables, got {tuple(eta.shape)} and "
+            f"{tuple(rho.shape)}"
+        )
+    if eta.shape[0] != num_classes:
+        raise ValueError(f"the table has {eta.shape[0]} classes, the logits {num_classes}")
+    if (rho < 0).any() or not torch.isfinite(eta).all() or not torch.isfinite(rho).all():
+        raise ValueError("eta must be finite and rho finite and non-negative")
+    return eta, rho
+
+
+def lsr_loss(
+    logits: Tensor,
+    block_labels: Tensor,
+    eta: Tensor,
+    rho: Tensor,
+    *,
+    mode: str = "intra_inter",
+    alpha: float = 1.0,
+    variance_floor: float = 0.03,
+    valid_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """LSR statistics-matching loss (see the module docstring).
+
+    Args:
+        logits: (N, L, H, W): N blocks, L high-resolution classes.
+        block_labels: (N,) low-resolution label z of each block, or (N, L) one label per class.
+        eta, rho: (L, Z) mean and standard deviation of class fractions per label.
+        mode: ``"intra"``, ``"inter"`` or ``"intra_inter"``.
+        alpha: scale of rho (Appendix A).
+        variance_floor: added to the variance inside the log.
+        valid_mask: optional (N, H, W) bool, the pixels that belong to the block (padding and
+            non-tissue excluded); blocks without a valid pixel are left out.
+
+    Returns a float32 scalar (float64 for float64 logits); a batch without any valid block gives a
+    zero that keeps a ``grad_fn``.
+    """
+    check_choice("mode", mode, MODES)
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (N, L, H, W), got {tuple(logits.shape)}")
+    n, num_classes = logits.shape[:2]
+    eta, rho = _table(eta, rho, num_classes, logits)
+    num_labels = eta.shape[1]
+    z = torch.as_tensor(block_labels, device=logits.device)
+    if z.dtype.is_floating_point or z.dtype == torch.bool:
+        raise ValueError(f"block_labels must be integers, got {z.dtype}")
+    if z.shape == (n,):
+        z = z[:, None].expand(n, num_classes)
+    elif z.shape != (n, num_classes):
+        raise ValueError(
+            f"block_labels must be ({n},) or ({n}, {num_classes}), got {tuple(z.shape)}"
+        )
+    z = z.long()
+    outside = (z < 0) | (z >= num_labels)
+    if outside.any():
+        raise ValueError(
+            f"the eta/rho table ({num_classes} classes x {num_labels} labels) does not cover "
+            f"block label z={int(z[outside][0])}"
+        )
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    p = logits.softmax(dim=1)
+    if valid_mask is None:
+        weight = torch.ones_like(p[:, :1])
+    else:
+        if valid_mask.shape != (n, *logits.shape[2:]):
+            raise ValueError(
+                f"valid_mask must be {(n, *logits.shape[2:])}, got {tuple(valid_mask.shape)}"
+            )
+        weight = valid_mask[:, None].to(p.dtype)
+    count = weight.sum(dim=(2, 3))  # (N, 1)
+    keep = count[:, 0] > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    count = count[keep]
+    mu = (p * weight).sum(dim=(2, 3))[keep] / count
+    sigma2 = (p * (1 - p) * weight).sum(dim=(2, 3))[keep] / count.square()
+    # one group per (class l, label z), index l * Z + z, matching eta.reshape(-1)
+    group = (torch.arange(num_classes, device=z.device) * num_labels + z[keep]).reshape(-1)
+    mu, sigma2 = mu.reshape(-1), sigma2.reshape(-1)
+    eta, rho = eta.reshape(-1).to(p.dtype), alpha * rho.reshape(-1).to(p.dtype)
+
+    def group_mean(values: Tensor) -> Tensor:
+        total = values.new_zeros(num_classes * num_labels).index_add_(0, group, values)
+        return total / size.clamp_min(1)
+
+    size = torch.zeros(num_classes * num_labels, dtype=p.dtype, device=p.device)
+    size.index_add_(0, group, torch.ones_like(mu))
+    present = size > 0
+    if mode == "intra":
+        per_block = _distance(mu, sigma2, eta[group], rho[group], variance_floor)
+        return group_mean(per_block)[present].mean()
+    mean_mu = group_mean(mu)
+    if mode == "inter":
+        variance = group_mean((mu - mean_mu[group]).square())
+    else:
+        variance = (group_mean(sigma2) + group_mean(mu.square()) - mean_mu.square()).clamp_min(0)
+    per_group = _distance(mean_mu, variance, eta, rho, variance_floor)
+    return per_group[present].mean()
+
+
+def load_lsr_table(path: Union[str, Path]) -> tuple[Tensor, Tensor, list[str]]:
+    """(eta, rho, classes) from the ``table.json`` written by ``sparse-ext convert lsr-blocks``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LSR table not found: {path}")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    for key in ("eta", "rho"):
+        if not isinstance(table, dict) or key not in table:
+            raise KeyError(f"{path} lacks the key {key!r}")
+    try:
+        eta = torch.tensor(table["eta"], dtype=torch.float32)
+        rho = torch.tensor(table["rho"], dtype=torch.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: eta/rho must be (classes, labels) number tables ({err})"
+        ) from None
+    if eta.dim() != 2 or eta.shape != rho.shape:
+        raise ValueError(
+            f"{path}: eta {tuple(eta.shape)} and rho {tuple(rho.shape)} must be equal 2-D tables"
+        )
+    classes = [str(c) for c in table.get("classes", range(eta.shape[0]))]
+    if len(classes) != eta.shape[0]:
+        raise ValueError(f"{path}: {len(classes)} classes but eta has {eta.shape[0]} rows")
+    return eta, rho, classes
+
+
+class LabelSuperResolutionLoss(nn.Module):
+    """Module form of :func:`lsr_loss`; the table is a path to ``table.json`` or (eta, rho)."""
+
+    def __init__(
+        self,
+        eta: Union[Tensor, str, Path, None] = None,
+        rho: Optional[Tensor] = None,
+        *,
+        mode: str = "intra_inter",
+        alpha: float = 1.0,
+        variance_floor: float = 0.03,
+    ) -> None:
+        super().__init__()
+        if isinstance(eta, (str, Path)):
+            if rho is not None:
+                raise ValueError("give either a table path or eta and rho, not both")
+            eta, rho, self.classes = load_lsr_table(eta)
+        elif eta is None or rho is None:
+            raise ValueError("LabelSuperResolutionLoss needs a table path or eta and rho")
+        else:
+            self.classes = [str(i) for i in range(len(eta))]
+        self.mode = check_choice("mode", mode, MODES)
+        self.alpha = float(alpha)
+        self.variance_floor = float(variance_floor)
+        self.register_buffer("eta", torch.as_tensor(eta, dtype=torch.float32))
+        self.register_buffer("rho", torch.as_tensor(rho, dtype=torch.float32))
+
+    def forward(
+        self, logits: Tensor, block_labels: Tensor, valid_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        return lsr_loss(
+            logits,
+            block_labels,
+            self.eta,
+            self.rho,
+            mode=self.mode,
+            alpha=self.alpha,
+            variance_floor=self.variance_floor,
+            valid_mask=valid_mask,
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, alpha={self.alpha}, table={tuple(self.eta.shape)}"
