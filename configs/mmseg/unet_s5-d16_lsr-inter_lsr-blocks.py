@@ -1,0 +1,3 @@
+# Label super-resolution, inter-instance statistics matching (seed 004).
+_base_ = "./unet_s5-d16_lsr-intra-inter_lsr-blocks.py"
+model = dict(decode_head=dict(loss_decode=dict(mode="inter")))
