@@ -1,0 +1,267 @@
+"""Config keys of the Detectron2 adapter, and the loaders that turn them into loss objects."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+import yaml
+from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "MODEL_ZOO_PREFIX",
+    "VALID_LOSSES",
+    "add_sparse_config",
+    "build_ece_loss",
+    "check_loss_name",
+    "load_sparse_config",
+    "model_zoo_config_file",
+    "sparse_loss_options",
+]
+
+#: Loss names accepted by MODEL.SPARSE.ROI_LOSS and MODEL.SPARSE.RPN_LOSS.
+VALID_LOSSES = ("ce", "focal", "ece", "nnpu", "bde")
+
+#: ``_BASE_`` prefix resolved against the installed detectron2's model-zoo configs.
+MODEL_ZOO_PREFIX = "model_zoo://"
+
+
+def add_sparse_config(cfg: CN) -> None:
+    """Add the ``MODEL.SPARSE`` and ``TEST.SPARSE`` nodes (defaults reproduce stock Detectron2).
+
+    MODEL.SPARSE.ROI_LOSS / RPN_LOSS: one of ``ce`` (Detectron2's own loss, unchanged), ``focal``
+    (fvcore's sigmoid focal loss), ``ece`` (exclusive cross-entropy), ``nnpu`` (non-negative PU),
+    ``bde`` (box-density weighted cross-entropy). The sub-nodes hold each loss's options.
+    """
+    _C = cfg
+    _C.MODEL.SPARSE = CN()
+    _C.MODEL.SPARSE.ROI_LOSS = "ce"
+    _C.MODEL.SPARSE.RPN_LOSS = "ce"
+
+    # Exclusive cross-entropy (Panteli et al., ICCV 2021, Eq. 7-8), sparse_ext.losses.
+    _C.MODEL.SPARSE.ECE = CN()
+    # rho(progress), progress = iter / SOLVER.MAX_ITER. TYPE: constant (rho = VALUE), linear
+    # (START -> END), sigmoid (START + (END - START) * sigmoid((p - MIDPOINT) / TEMPERATURE)),
+    # or a name from sparse_ext.losses.schedules.NAMED_SCHEDULES ("paper_table2",
+    # "reference_exclusivity", "reference_sampling").
+    _C.MODEL.SPARSE.ECE.SCHEDULE = _schedule_node(0.5)
+    # "foreground" (1 - p(background), the paper), "margin" or "logit_margin".
+    _C.MODEL.SPARSE.ECE.CONFIDENCE = "foreground"
+    # Focal reweighting of the unannotated terms (Eq. 8); gamma 0 and alpha 1 switch it off.
+    _C.MODEL.SPARSE.ECE.FOCAL_ALPHA = 1.0
+    _C.MODEL.SPARSE.ECE.FOCAL_GAMMA = 0.0
+    # Probability of keeping an unannotated term (background sampling), a schedule like rho.
+    _C.MODEL.SPARSE.ECE.SAMPLING = _schedule_node(1.0)
+
+    # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
+    _C.MODEL.SPARSE.PU = CN()
+    _C.MODEL.SPARSE.PU.PRIOR = 0.04  # pi = Pr(positive) among the sampled proposals
+    _C.MODEL.SPARSE.PU.RPN_PRIOR = 0.0  # among the sampled anchors; 0 = use PRIOR
+    _C.MODEL.SPARSE.PU.MODE = "detection"  # or "classic"
+    _C.MODEL.SPARSE.PU.NONNEGATIVE = "clamp"  # or "kiryo", "none"
+    _C.MODEL.SPARSE.PU.BETA = 0.0
+    _C.MODEL.SPARSE.PU.GAMMA = 1.0
+
+    # Box-density calibration (Li et al., MICCAI 2020), sparse_ext.losses.bde_weights: the
+    # current iteration's own predictions with score >= SCORE_THRESH overlapping an unannotated
+    # sample with IoU >= IOU_THRESH count towards its density.
+    _C.MODEL.SPARSE.BDE = CN()
+    _C.MODEL.SPARSE.BDE.IOU_THRESH = 0.5
+    _C.MODEL.SPARSE.BDE.SCORE_THRESH = 0.5
+
+    # "focal": fvcore.nn.sigmoid_focal_loss (RetinaNet's loss) on the RPN objectness and on the
+    # ROI head's foreground logits (the ROI head then scores with sigmoid, USE_SIGMOID_CE).
+    _C.MODEL.SPARSE.FOCAL = CN()
+    _C.MODEL.SPARSE.FOCAL.ALPHA = 0.25
+    _C.MODEL.SPARSE.FOCAL.GAMMA = 2.0
+
+    # SparseDetectionEvaluator: F1/precision/recall at IOU_THRESH for scores >= SCORE_THRESH,
+    # average recall/precision over SCORE_THRESHOLDS, optional class-agnostic NMS (0 = off).
+    _C.TEST.SPARSE = CN()
+    _C.TEST.SPARSE.IOU_THRESH = 0.5
+    _C.TEST.SPARSE.SCORE_THRESH = 0.5
+    _C.TEST.SPARSE.SCORE_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    _C.TEST.SPARSE.NMS_THRESH = 0.0
+
+
+def _schedule_node(value: float) -> CN:
+    node = CN()
+    node.TYPE = "constant"
+    node.VALUE = value
+    node.START = value
+    node.END = value
+    node.MIDPOINT = 0.5
+    node.TEMPERATURE = 0.1
+    return node
+
+
+def check_loss_name(name: str, key: str) -> str:
+    """Return ``name`` lower-cased, or raise ValueError listing :data:`VALID_LOSSES`."""
+    if not isinstance(name, str) or name.lower() not in VALID_LOSSES:
+        raise ValueError(
+            f"{key} = {name!r} is not a sparse_ext loss; valid: {', '.join(VALID_LOSSES)}"
+        )
+    return name.lower()
+
+
+def _build_schedule(node: CN, key: str):
+    from sparse_ext.losses.schedules import build_schedule
+
+    kind = node.TYPE.strip().lower()
+    specs = {
+        "constant": {"type": "constant", "value": node.VALUE},
+        "linear": {"type": "linear", "start": node.START, "end": node.END},
+        "sigmoid": {
+            "type": "sigmoid",
+            "start": node.START,
+            "end": node.END,
+            "midpoint": node.MIDPOINT,
+            "temperature": node.TEMPERATURE,
+        },
+    }
+    try:
+        return build_schedule(specs.get(kind, node.TYPE))
+    except ValueError as e:
+        raise ValueError(
+            f"{key}: {e} (TYPE is constant, linear, sigmoid or a schedule name)"
+        ) from e
+
+
+def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
+    """The ExclusiveCrossEntropy module configured by ``MODEL.SPARSE.ECE``."""
+    from sparse_ext.losses import ExclusiveCrossEntropy
+
+    ece = cfg.MODEL.SPARSE.ECE
+    focal_on = ece.FOCAL_GAMMA != 0.0 or ece.FOCAL_ALPHA != 1.0
+    sampling = _build_schedule(ece.SAMPLING, "MODEL.SPARSE.ECE.SAMPLING")
+    sampling_off = ece.SAMPLING.TYPE.lower() == "constant" and ece.SAMPLING.VALUE == 1.0
+    return ExclusiveCrossEntropy(
+        schedule=_build_schedule(ece.SCHEDULE, "MODEL.SPARSE.ECE.SCHEDULE"),
+        sampling_schedule=None if sampling_off else sampling,
+        use_sigmoid=use_sigmoid,
+        confidence=ece.CONFIDENCE,
+        focal_alpha=ece.FOCAL_ALPHA if focal_on else None,
+        focal_gamma=ece.FOCAL_GAMMA if focal_on else None,
+        ignore_index=-1,  # Detectron2's targets are never ignored here; -1 frees class 255
+        reduction=reduction,
+    )
+
+
+def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
+    """Constructor arguments of SparseFastRCNNOutputLayers (``stage="roi"``) or SparseRPN
+    (``stage="rpn"``) from ``cfg.MODEL.SPARSE``; validates the loss name and the PU prior."""
+    if stage not in ("roi", "rpn"):
+        raise ValueError(f"stage must be 'roi' or 'rpn', got {stage!r}")
+    sparse = cfg.MODEL.SPARSE
+    key = "MODEL.SPARSE.ROI_LOSS" if stage == "roi" else "MODEL.SPARSE.RPN_LOSS"
+    loss = check_loss_name(sparse.ROI_LOSS if stage == "roi" else sparse.RPN_LOSS, key)
+    prior = sparse.PU.PRIOR
+    if stage == "rpn" and sparse.PU.RPN_PRIOR > 0:
+        prior = sparse.PU.RPN_PRIOR
+    if loss == "nnpu" and not 0.0 < prior < 1.0:
+        raise ValueError(f"MODEL.SPARSE.PU prior must be in (0, 1) for {key} nnpu, got {prior}")
+    options: Dict[str, Any] = {
+        "loss_name": loss,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "pu_options": {
+            "prior": prior,
+            "mode": sparse.PU.MODE,
+            "nonnegative": sparse.PU.NONNEGATIVE,
+            "beta": sparse.PU.BETA,
+            "gamma": sparse.PU.GAMMA,
+        },
+        "focal_options": {"alpha": sparse.FOCAL.ALPHA, "gamma": sparse.FOCAL.GAMMA},
+        "bde_options": {
+            "iou_threshold": sparse.BDE.IOU_THRESH,
+            "score_threshold": sparse.BDE.SCORE_THRESH,
+        },
+        "ece_loss": None,
+    }
+    if loss == "ece":
+        # ROI: softmax over K+1 classes, mean over proposals like Detectron2's cross_entropy.
+        # RPN: sigmoid objectness, summed and divided by Detectron2's RPN normaliser.
+        options["ece_loss"] = build_ece_loss(
+            cfg,
+            use_sigmoid=stage == "rpn",
+            reduction="mean" if stage == "roi" else "sum",
+        )
+    return options
+
+
+# -- config files -----------------------------------------------------------------------------
+
+
+def model_zoo_config_file(config_path: str) -> str:
+    """Path of a config in the installed detectron2's model zoo, e.g.
+    ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``.
+
+    Uses ``detectron2.model_zoo.get_config_file`` when it imports (it needs pkg_resources), else
+    looks next to the package: ``detectron2/model_zoo/configs`` (pip install) or the ``configs``
+    folder of a source checkout on PYTHONPATH.
+    """
+    try:
+        from detectron2 import model_zoo
+
+        return model_zoo.get_config_file(config_path)
+    except (ImportError, RuntimeError):
+        pass
+    import detectron2
+
+    pkg = os.path.dirname(os.path.abspath(detectron2.__file__))
+    for root in (
+        os.path.join(pkg, "model_zoo", "configs"),
+        os.path.join(pkg, os.pardir, "configs"),
+    ):
+        path = os.path.normpath(os.path.join(root, config_path))
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"'{config_path}' is not in the model zoo of the detectron2 at {pkg}; install detectron2 "
+        "from source (pip install 'git+https://github.com/facebookresearch/detectron2.git')"
+    )
+
+
+def _merge_dicts(src: Dict[str, Any], dst: Dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge_dicts(v, dst[k])
+        else:
+            dst[k] = v
+
+
+def _load_yaml(path: str) -> Dict[str, Any]:
+    from detectron2.config import CfgNode
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    bases = data.pop("_BASE_", None)
+    if bases is None:
+        return data
+    merged: Dict[str, Any] = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        if base.startswith(MODEL_ZOO_PREFIX):
+            zoo_file = model_zoo_config_file(base[len(MODEL_ZOO_PREFIX) :])
+            _merge_dicts(CfgNode.load_yaml_with_base(zoo_file, allow_unsafe=False), merged)
+        else:
+            base_path = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+            _merge_dicts(_load_yaml(base_path), merged)
+    _merge_dicts(data, merged)
+    return merged
+
+
+def load_sparse_config(config_file: str, cfg: Optional[CN] = None) -> CN:
+    """Merge a YAML config into ``cfg`` (default: ``get_cfg()`` + :func:`add_sparse_config`).
+
+    Like ``cfg.merge_from_file``, and a ``_BASE_`` starting with ``model_zoo://`` names a config of
+    the installed detectron2's model zoo, so our configs reuse Detectron2's recipe without copying
+    it.
+    """
+    from detectron2.config import get_cfg
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    if cfg is None:
+        cfg = get_cfg()
+        add_sparse_config(cfg)
+    cfg.merge_from_other_cfg(CN(_load_yaml(config_file)))
+    return cfg

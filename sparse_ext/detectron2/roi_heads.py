@@ -1,0 +1,190 @@
+"""Faster R-CNN box classifier trained with a partial-annotation loss (config MODEL.SPARSE.ROI_LOSS).
+
+Sampled proposals matched to an annotation (IoU >= ROI_HEADS.IOU_THRESHOLDS) keep their class;
+proposals matched to no annotation (Detectron2's background label, the last index) are the
+unannotated samples of the sparse losses. Box regression is Detectron2's, unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
+from fvcore.nn import sigmoid_focal_loss
+from torch import nn
+
+from sparse_ext.detectron2.config import check_loss_name, sparse_loss_options
+from sparse_ext.detectron2.hooks import storage_progress
+from sparse_ext.losses import bde_weights, nnpu_loss
+
+__all__ = ["SparseFastRCNNOutputLayers", "SparseROIHeads"]
+
+
+class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """FastRCNNOutputLayers whose classification loss is ``ce``, ``focal``, ``ece``, ``nnpu`` or
+    ``bde``; only :meth:`losses` differs from Detectron2's.
+
+    - ``ce``: Detectron2's loss, untouched.
+    - ``focal``: ``fvcore.nn.sigmoid_focal_loss`` on the K foreground logits (one-hot targets, the
+      background/unannotated row all zeros), summed and divided by the number of proposals like
+      Detectron2's ``USE_SIGMOID_CE`` loss; inference scores with sigmoid accordingly.
+    - ``ece``: :class:`sparse_ext.losses.ExclusiveCrossEntropy` with rho annealed by training
+      progress (the EventStorage's iter / SOLVER.MAX_ITER, or :meth:`set_progress`).
+    - ``nnpu``: :func:`sparse_ext.losses.nnpu_loss` with the background at the last index.
+    - ``bde``: cross-entropy whose unannotated terms are weighted by
+      :func:`sparse_ext.losses.bde_weights`, from this iteration's own detached predictions of the
+      same image (each proposal's regressed box for its best foreground class, with that score).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape,
+        *,
+        loss_name: str = "ce",
+        ece_loss: Optional[nn.Module] = None,
+        pu_options: Optional[Dict[str, Any]] = None,
+        focal_options: Optional[Dict[str, Any]] = None,
+        bde_options: Optional[Dict[str, Any]] = None,
+        max_iter: int = 0,
+        **kwargs,
+    ):
+        """
+        Args:
+            loss_name: one of :data:`sparse_ext.detectron2.config.VALID_LOSSES`.
+            ece_loss: the ExclusiveCrossEntropy module (``loss_name="ece"``; softmax, mean).
+            pu_options: keyword arguments of ``nnpu_loss`` (``prior`` required for nnpu).
+            focal_options: ``alpha`` and ``gamma`` of ``sigmoid_focal_loss``.
+            bde_options: ``iou_threshold`` and ``score_threshold`` of ``bde_weights``.
+            max_iter: SOLVER.MAX_ITER, the denominator of training progress.
+            kwargs: FastRCNNOutputLayers' arguments.
+        """
+        loss_name = check_loss_name(loss_name, "loss_name")
+        if loss_name == "focal":
+            kwargs["use_sigmoid_ce"] = True
+        elif loss_name != "ce" and (kwargs.get("use_sigmoid_ce") or kwargs.get("use_fed_loss")):
+            raise ValueError(
+                f"ROI loss '{loss_name}' is a softmax loss: set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE "
+                "and USE_FED_LOSS to False"
+            )
+        if loss_name == "ece" and ece_loss is None:
+            raise ValueError("loss_name 'ece' needs ece_loss (build it with add_sparse_config)")
+        if loss_name == "nnpu" and "prior" not in (pu_options or {}):
+            raise ValueError("loss_name 'nnpu' needs pu_options with a 'prior'")
+        super().__init__(input_shape, **kwargs)
+        self.loss_name = loss_name
+        self.ece_loss = ece_loss
+        self.pu_options = dict(pu_options or {})
+        self.focal_options = dict(focal_options or {"alpha": 0.25, "gamma": 2.0})
+        self.bde_options = dict(bde_options or {})
+        self.max_iter = int(max_iter)
+        self._progress: Optional[float] = None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(sparse_loss_options(cfg, "roi"))
+        return ret
+
+    def set_progress(self, progress: float) -> None:
+        """Fix training progress in [0, 1] (else: EventStorage iter / max_iter)."""
+        self._progress = float(progress)
+
+    @property
+    def progress(self) -> float:
+        if self._progress is not None:
+            return self._progress
+        p = storage_progress(self.max_iter)
+        return 0.0 if p is None else p
+
+    def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+        losses = super().losses(predictions, proposals)  # box regression and logging, as stock
+        if self.loss_name == "ce":
+            return losses
+        scores, _ = predictions
+        gt_classes = (
+            cat([p.gt_classes for p in proposals], dim=0)
+            if len(proposals)
+            else torch.empty(0, dtype=torch.long, device=scores.device)
+        )
+        if scores.numel() == 0:
+            loss_cls = scores.sum() * 0.0
+        elif self.loss_name == "focal":
+            loss_cls = self._focal_loss(scores, gt_classes)
+        elif self.loss_name == "ece":
+            loss_cls = self._ece_loss(scores, gt_classes)
+        elif self.loss_name == "nnpu":
+            loss_cls = nnpu_loss(
+                scores, gt_classes, background_index=self.num_classes, **self.pu_options
+            )
+        else:
+            loss_cls = self._bde_loss(predictions, proposals, gt_classes)
+        losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
+        return losses
+
+    def _focal_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        target = F.one_hot(gt_classes, self.num_classes + 1)[:, : self.num_classes]
+        loss = sigmoid_focal_loss(
+            scores[:, : self.num_classes],
+            target.to(scores.dtype),
+            alpha=self.focal_options["alpha"],
+            gamma=self.focal_options["gamma"],
+            reduction="sum",
+        )
+        return loss / scores.shape[0]
+
+    def _ece_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        self.ece_loss.set_progress(self.progress)
+        # sparse_ext puts the background first, Detectron2 last: rotate classes by one.
+        bg = self.num_classes
+        logits = torch.cat([scores[:, bg:], scores[:, :bg]], dim=1)
+        target = torch.remainder(gt_classes + 1, bg + 1)
+        return self.ece_loss(logits, target)
+
+    def _bde_loss(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances], gt_classes
+    ) -> torch.Tensor:
+        scores, deltas = predictions
+        detached = (scores.detach(), deltas.detach())
+        weights = torch.ones_like(scores[:, 0], dtype=torch.float32)
+        start = 0
+        for boxes, probs, props in zip(
+            self.predict_boxes(detached, proposals),
+            self.predict_probs(detached, proposals),
+            proposals,
+        ):
+            n = len(props)
+            unannotated = props.gt_classes == self.num_classes
+            if unannotated.any():
+                fg_score, fg_class = probs[:, : self.num_classes].max(dim=1)
+                if boxes.shape[1] > 4:  # class-specific regression: the best class's box
+                    boxes = boxes.view(n, -1, 4)[torch.arange(n, device=boxes.device), fg_class]
+                w = bde_weights(
+                    props.proposal_boxes.tensor[unannotated],
+                    boxes,
+                    fg_score,
+                    **self.bde_options,
+                )
+                weights[start : start + n][unannotated] = w.to(weights.dtype)
+            start += n
+        ce = F.cross_entropy(scores, gt_classes, reduction="none")
+        return (weights.to(ce.dtype) * ce).sum() / scores.shape[0]
+
+
+@ROI_HEADS_REGISTRY.register()
+class SparseROIHeads(StandardROIHeads):
+    """StandardROIHeads with a :class:`SparseFastRCNNOutputLayers` box predictor
+    (``MODEL.ROI_HEADS.NAME: "SparseROIHeads"``)."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        del ret["box_predictor"]  # as Detic does: the stock predictor is replaced
+        ret["box_predictor"] = SparseFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret

@@ -1,0 +1,408 @@
+"""Detectron2 adapter: the tiny Faster R-CNN on CPU trained with every sparse loss.
+
+Skipped where detectron2 is not importable (it is not on PyPI; see docs/detectron2.md).
+"""
+
+import copy
+import itertools
+import math
+import os
+
+import pytest
+import torch
+
+INSTALL_HINT = (
+    "detectron2 is not installed; install it from source: "
+    "pip install 'git+https://github.com/facebookresearch/detectron2.git' (see docs/detectron2.md)"
+)
+pytest.importorskip("detectron2", reason=INSTALL_HINT)
+pytest.importorskip("torchvision", reason=INSTALL_HINT)
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import SimpleTrainer  # noqa: E402
+from detectron2.layers import cat  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from sparse_ext.detectron2 import (  # noqa: E402
+    VALID_LOSSES,
+    SparseProgressHook,
+    add_sparse_config,
+    load_sparse_config,
+    set_sparse_progress,
+)
+from sparse_ext.losses import exclusive_cross_entropy, nnpu_loss  # noqa: E402
+from sparse_ext.losses.schedules import (  # noqa: E402
+    ConstantSchedule,
+    LinearSchedule,
+    SigmoidSchedule,
+    build_schedule,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs", "detectron2")
+TINY = os.path.join(CONFIG_DIR, "faster_rcnn_R_18_FPN_tiny_cpu.yaml")
+SIZE = 96
+
+
+def tiny_cfg(roi="ce", rpn="ce", num_classes=1, **opts):
+    cfg = load_sparse_config(TINY)
+    cfg.MODEL.SPARSE.ROI_LOSS = roi
+    cfg.MODEL.SPARSE.RPN_LOSS = rpn
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    return cfg
+
+
+def build(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    model.train()
+    return model
+
+
+def image(boxes, classes, seed):
+    """A uint8 image with bright rectangles at ``boxes`` and the matching Instances."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randint(0, 40, (3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    for x0, y0, x1, y1 in boxes:
+        img[:, int(y0) : int(y1), int(x0) : int(x1)] = 220
+    inst = Instances((SIZE, SIZE))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
+    return {"image": img, "instances": inst, "height": SIZE, "width": SIZE}
+
+
+BOXES3 = [[8, 8, 30, 30], [50, 10, 80, 36], [20, 55, 44, 85]]
+
+
+def batch(kind="mixed", num_classes=1):
+    if kind == "mixed":  # three annotations (two classes if possible) + an unannotated image
+        classes = [0, num_classes - 1, 0]
+        return [image(BOXES3, classes, 1), image([], [], 2)]
+    if kind == "single":
+        return [image(BOXES3[:1], [0], 3)]
+    if kind == "empty":
+        return [image([], [], 4), image([], [], 5)]
+    raise ValueError(kind)
+
+
+def train_steps(model, data, steps=2, start_iter=0):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    history = []
+    with EventStorage(start_iter) as storage:
+        for it in range(start_iter, start_iter + steps):
+            storage.iter = it
+            losses = model(data)
+            total = sum(losses.values())
+            opt.zero_grad()
+            total.backward()
+            history.append({k: v.detach() for k, v in losses.items()})
+            grads = {
+                "backbone": model.backbone.bottom_up.stem.conv1.weight.grad,
+                "roi_cls": model.roi_heads.box_predictor.cls_score.weight.grad,
+                "rpn_cls": model.proposal_generator.rpn_head.objectness_logits.weight.grad,
+            }
+            opt.step()
+    return history, grads
+
+
+def sample(model, data, seed):
+    """Run the RPN and the ROI head's proposal sampling the way GeneralizedRCNN does."""
+    images = model.preprocess_image(data)
+    gt = [d["instances"] for d in data]
+    features = model.backbone(images.tensor)
+    proposals, _ = model.proposal_generator(images, features, gt)
+    torch.manual_seed(seed)
+    sampled = model.roi_heads.label_and_sample_proposals(proposals, gt)
+    return images, features, proposals, gt, sampled
+
+
+def roi_predictions(model, features, sampled):
+    heads = model.roi_heads
+    feats = [features[f] for f in heads.box_in_features]
+    box_features = heads.box_head(heads.box_pooler(feats, [p.proposal_boxes for p in sampled]))
+    return heads.box_predictor(box_features)
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only():
+    ce = load_sparse_config(os.path.join(CONFIG_DIR, "faster_rcnn_R_50_FPN_ce.yaml"))
+    assert ce.MODEL.RESNETS.DEPTH == 50 and ce.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
+    assert ce.MODEL.RPN.IN_FEATURES == ["p2", "p3", "p4", "p5", "p6"]
+    assert ce.SOLVER.MAX_ITER == 90000 and ce.SOLVER.BASE_LR == 0.02
+    assert ce.MODEL.ROI_HEADS.NAME == "SparseROIHeads"
+    assert ce.MODEL.PROPOSAL_GENERATOR.NAME == "SparseRPN"
+
+    def flat(node, prefix=""):
+        out = {}
+        for k, v in node.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    base = flat(ce)
+    for loss in ("focal", "ece", "nnpu", "bde"):
+        other = flat(
+            load_sparse_config(os.path.join(CONFIG_DIR, f"faster_rcnn_R_50_FPN_{loss}.yaml"))
+        )
+        diff = sorted(k for k in base if base[k] != other[k])
+        assert diff and all(k.startswith("MODEL.SPARSE.") for k in diff), (loss, diff)
+        assert other["MODEL.SPARSE.ROI_LOSS"] == loss
+
+
+def test_unknown_loss_name_fails_at_build_listing_valid_ones():
+    for key in ("MODEL.SPARSE.ROI_LOSS", "MODEL.SPARSE.RPN_LOSS"):
+        cfg = tiny_cfg()
+        cfg.merge_from_list([key, "dice"])
+        with pytest.raises(ValueError, match="ce, focal, ece, nnpu, bde") as err:
+            build_model(cfg)
+        assert key in str(err.value)
+    cfg = tiny_cfg(roi="nnpu")
+    cfg.MODEL.SPARSE.PU.PRIOR = 1.5
+    with pytest.raises(ValueError, match="prior"):
+        build_model(cfg)
+    cfg = tiny_cfg(roi="ece")
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "cosine"
+    with pytest.raises(ValueError, match="MODEL.SPARSE.ECE.SCHEDULE.*paper_table2"):
+        build_model(cfg)
+    cfg = tiny_cfg(roi="ece")
+    cfg.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = True
+    with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
+        build_model(cfg)
+
+
+def test_add_sparse_config_defaults_are_stock():
+    cfg = get_cfg()
+    add_sparse_config(cfg)
+    assert cfg.MODEL.SPARSE.ROI_LOSS == "ce" and cfg.MODEL.SPARSE.RPN_LOSS == "ce"
+    assert set(VALID_LOSSES) == {"ce", "focal", "ece", "nnpu", "bde"}
+
+
+def test_ece_schedules_from_config():
+    cfg = tiny_cfg("ece", "ece")
+    ece = build(cfg).roi_heads.box_predictor.ece_loss
+    assert ece.schedule == ConstantSchedule(0.5) and ece.sampling_schedule is None
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "paper_table2"
+    cfg.MODEL.SPARSE.ECE.SAMPLING.TYPE = "reference_sampling"
+    model = build(cfg)
+    for ece in (model.roi_heads.box_predictor.ece_loss, model.proposal_generator.ece_loss):
+        assert ece.schedule == build_schedule("paper_table2")
+        assert ece.sampling_schedule == build_schedule("reference_sampling")
+    assert not model.roi_heads.box_predictor.ece_loss.use_sigmoid
+    assert model.proposal_generator.ece_loss.use_sigmoid
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "sigmoid"
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.START = 0.2
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.END = 0.8
+    ece = build(cfg).roi_heads.box_predictor.ece_loss
+    assert ece.schedule == SigmoidSchedule(0.2, 0.8, 0.5, 0.1)
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("roi,rpn", list(itertools.product(VALID_LOSSES, VALID_LOSSES)))
+def test_every_loss_combination_trains(roi, rpn):
+    cfg = tiny_cfg(roi, rpn, num_classes=2)
+    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 0.0  # random init: let every prediction count
+    model = build(cfg)
+    history, grads = train_steps(model, batch("mixed", num_classes=2), steps=2)
+    for losses in history:
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+    for name, g in grads.items():
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("loss", VALID_LOSSES)
+@pytest.mark.parametrize("kind", ["single", "empty"])
+def test_images_with_one_or_no_annotation(loss, kind):
+    cfg = tiny_cfg(loss, loss)
+    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 0.0
+    model = build(cfg)
+    history, grads = train_steps(model, batch(kind), steps=1)
+    assert all(torch.isfinite(v) for v in history[0].values()), history
+    assert torch.isfinite(grads["roi_cls"]).all() and torch.isfinite(grads["rpn_cls"]).all()
+    if kind == "empty":  # nothing to regress
+        assert history[0]["loss_box_reg"] == 0 and history[0]["loss_rpn_loc"] == 0
+
+
+def test_ce_is_stock_detectron2_exactly():
+    stock_cfg = tiny_cfg()
+    stock_cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    stock_cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    stock = build(stock_cfg)
+    ours = build(tiny_cfg())
+    assert type(ours.roi_heads).__name__ == "SparseROIHeads"
+    ours.load_state_dict(stock.state_dict())  # strict: same parameters, same names
+    data = batch("mixed")
+    results = []
+    for model in (stock, ours):
+        torch.manual_seed(123)
+        history, _ = train_steps(model, data, steps=2)
+        results.append((history, [p.detach().clone() for p in model.parameters()]))
+    (h_stock, p_stock), (h_ours, p_ours) = results
+    for a, b in zip(h_stock, h_ours):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(p_stock, p_ours))
+
+
+def test_ece_with_rho_one_equals_ce():
+    ce = build(tiny_cfg())
+    cfg = tiny_cfg("ece", "ece")
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.VALUE = 1.0
+    ece = build(cfg)
+    ece.load_state_dict(ce.state_dict())
+    data = batch("mixed")
+    out = []
+    for model in (ce, ece):
+        torch.manual_seed(7)
+        out.append(train_steps(model, data, steps=1)[0][0])
+    for k in out[0]:
+        torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-5, atol=1e-6)
+
+
+def test_nnpu_equals_core_function_on_the_heads_logits_and_labels():
+    cfg = tiny_cfg("nnpu", "nnpu", num_classes=2)
+    cfg.MODEL.SPARSE.PU.PRIOR = 0.3
+    cfg.MODEL.SPARSE.PU.RPN_PRIOR = 0.2
+    model = build(cfg)
+    data = batch("mixed", num_classes=2)
+    with EventStorage(0):
+        images, features, proposals, gt, sampled = sample(model, data, seed=5)
+        predictions = roi_predictions(model, features, sampled)
+        losses = model.roi_heads.box_predictor.losses(predictions, sampled)
+        gt_classes = cat([p.gt_classes for p in sampled])
+        assert (gt_classes == 2).any() and (gt_classes < 2).any()  # both kinds of samples
+        expected = nnpu_loss(predictions[0], gt_classes, 0.3, background_index=2)
+        torch.testing.assert_close(losses["loss_cls"], expected)
+
+        # RPN: the objectness logits of the sampled anchors with labels 1 / 0 (ignored dropped)
+        rpn = model.proposal_generator
+        feats = [features[f] for f in rpn.in_features]
+        anchors = rpn.anchor_generator(feats)
+        logits, deltas = rpn.rpn_head(feats)
+        logits = [s.permute(0, 2, 3, 1).flatten(1) for s in logits]
+        deltas = [
+            d.view(d.shape[0], -1, 4, d.shape[-2], d.shape[-1])
+            .permute(0, 3, 4, 1, 2)
+            .flatten(1, -2)
+            for d in deltas
+        ]
+        torch.manual_seed(9)
+        labels, matched = rpn.label_and_sample_anchors(anchors, gt)
+        rpn_losses = rpn.losses(anchors, logits, labels, deltas, matched)
+        labels = torch.stack(labels)
+        valid = labels >= 0
+        assert (labels == -1).any()
+        expected = nnpu_loss(cat(logits, dim=1)[valid], labels[valid].long(), 0.2)
+        torch.testing.assert_close(rpn_losses["loss_rpn_cls"], expected)
+
+
+def test_ece_rho_follows_the_schedule_as_storage_iter_advances():
+    cfg = tiny_cfg("ece", "ece", num_classes=2)
+    cfg.SOLVER.MAX_ITER = 10
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "linear"
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.START = 0.05
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.END = 0.95
+    schedule = LinearSchedule(0.05, 0.95)
+    model = build(cfg)
+    predictor = model.roi_heads.box_predictor
+    data = batch("mixed", num_classes=2)
+    with EventStorage(0) as storage:
+        _, features, _, _, sampled = sample(model, data, seed=3)
+        scores, deltas = roi_predictions(model, features, sampled)
+        # make the unannotated proposals' foreground confidence spread over (0, 1)
+        gt_classes = cat([p.gt_classes for p in sampled])
+        spread = torch.linspace(-4, 4, scores.shape[0])
+        scores = scores.detach().clone()
+        scores[:, 2] = spread  # background logit
+        values = []
+        for it in (0, 5, 10):
+            storage.iter = it
+            loss = predictor.losses((scores, deltas), sampled)["loss_cls"]
+            rho = schedule(it / 10)
+            logits = torch.cat([scores[:, 2:], scores[:, :2]], dim=1)
+            target = torch.remainder(gt_classes + 1, 3)
+            expected = exclusive_cross_entropy(logits, target, rho=rho)
+            torch.testing.assert_close(loss, expected)
+            values.append(loss.item())
+        assert values[0] < values[1] < values[2]  # more unannotated terms kept as rho grows
+
+        # an explicit progress (SparseProgressHook / set_sparse_progress) takes precedence
+        assert set_sparse_progress(model, 0.5) >= 2
+        storage.iter = 0
+        loss = predictor.losses((scores, deltas), sampled)["loss_cls"]
+        assert loss.item() == pytest.approx(values[1], rel=1e-6)
+
+
+def test_progress_hook_in_a_detectron2_trainer_loop():
+    cfg = tiny_cfg("ece", "ece")
+    model = build(cfg)
+    data = batch("mixed")
+
+    def loader():
+        while True:
+            yield data
+
+    trainer = SimpleTrainer(model, loader(), torch.optim.SGD(model.parameters(), lr=1e-3))
+    trainer.register_hooks([SparseProgressHook()])
+    trainer.train(0, 4)
+    assert model.roi_heads.box_predictor.progress == pytest.approx(3 / 4)
+    assert model.proposal_generator.progress == pytest.approx(3 / 4)
+
+
+def test_progress_reaches_models_wrapped_in_ddp(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = build(tiny_cfg("ece", "ece"))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(model)
+        set_sparse_progress(wrapped, 0.25)
+    finally:
+        dist.destroy_process_group()
+    assert model.roi_heads.box_predictor.progress == 0.25
+    assert model.proposal_generator.progress == 0.25
+    with pytest.raises(ValueError, match="progress"):
+        set_sparse_progress(model, 1.5)
+
+
+def test_bde_without_confident_predictions_is_plain_ce():
+    ce = build(tiny_cfg())
+    init = copy.deepcopy(ce.state_dict())
+    cfg = tiny_cfg("bde", "bde")
+    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 1.01  # no prediction counts: every weight is 1
+    bde = build(cfg)
+    bde.load_state_dict(init)
+    data = batch("mixed")
+    out = []
+    for model in (ce, bde):
+        torch.manual_seed(11)
+        out.append(train_steps(model, data, steps=1)[0][0])
+    for k in out[0]:
+        torch.testing.assert_close(out[0][k], out[1][k])
+    # with every prediction counting, dense unannotated regions are down-weighted
+    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 0.0
+    dense = build(cfg)
+    dense.load_state_dict(init)
+    torch.manual_seed(11)
+    low = train_steps(dense, data, steps=1)[0][0]
+    assert low["loss_cls"] < out[0]["loss_cls"] and low["loss_rpn_cls"] < out[0]["loss_rpn_cls"]
+    assert low["loss_box_reg"] == out[0]["loss_box_reg"]  # regression unchanged
+
+
+def test_focal_roi_head_scores_with_sigmoid():
+    model = build(tiny_cfg("focal", "focal"))
+    assert model.roi_heads.box_predictor.use_sigmoid_ce
+    model.eval()
+    with torch.no_grad():
+        out = model([{k: v for k, v in batch("single")[0].items() if k != "instances"}])
+    scores = out[0]["instances"].scores
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert math.isfinite(float(scores.sum()))

@@ -1,0 +1,264 @@
+"""Detectron2 adapter: partial COCO registration, the evaluator, and tools/train_net.py end to end.
+
+Skipped where detectron2 is not importable (it is not on PyPI; see docs/detectron2.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+INSTALL_HINT = (
+    "detectron2 is not installed; install it from source: "
+    "pip install 'git+https://github.com/facebookresearch/detectron2.git' (see docs/detectron2.md)"
+)
+pytest.importorskip("detectron2", reason=INSTALL_HINT)
+pytest.importorskip("torchvision", reason=INSTALL_HINT)
+
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader  # noqa: E402
+from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sparse_ext.detectron2 import (  # noqa: E402
+    build_sparse_evaluators,
+    load_sparse_config,
+    register_partial_coco,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "detectron2", "faster_rcnn_R_18_FPN_tiny_cpu.yaml")
+SIZE = 96
+
+
+def write_coco(root, images, categories=("cell",), info=None, name="ann.json"):
+    """images: list of lists of (x0, y0, x1, y1, category_index); writes PNGs and a COCO file."""
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(categories)],
+    }
+    if info is not None:
+        coco["info"] = info
+    rng = np.random.default_rng(0)
+    for img_id, boxes in enumerate(images, start=1):
+        fname = f"img{img_id}.png"
+        pixels = rng.integers(0, 40, (SIZE, SIZE, 3), dtype=np.uint8)
+        for x0, y0, x1, y1, _ in boxes:
+            pixels[y0:y1, x0:x1] = 220
+        Image.fromarray(pixels).save(os.path.join(root, "images", fname))
+        coco["images"].append({"id": img_id, "file_name": fname, "height": SIZE, "width": SIZE})
+        for x0, y0, x1, y1, c in boxes:
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    path = os.path.join(root, name)
+    with open(path, "w") as f:
+        json.dump(coco, f)
+    return path
+
+
+def unregister(name):
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def dataset_name(request):
+    name = f"sparse_test_{request.node.name}"
+    yield name
+    unregister(name)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def test_register_partial_coco_reads_sparse_fraction_and_keeps_empty_images(tmp_path, dataset_name):
+    path = write_coco(
+        str(tmp_path), [[(8, 8, 30, 30, 0)], []], info={"sparse_fraction": 0.3}, name="a.json"
+    )
+    register_partial_coco(dataset_name, path, str(tmp_path / "images"))
+    register_partial_coco(dataset_name, path, str(tmp_path / "images"))  # idempotent
+    meta = MetadataCatalog.get(dataset_name)
+    assert meta.sparse_fraction == 0.3 and meta.thing_classes == ["cell"]
+    assert meta.evaluator_type == "coco"
+    records = DatasetCatalog.get(dataset_name)
+    assert [len(r["annotations"]) for r in records] == [1, 0]
+    assert "segmentation" not in records[0]["annotations"][0]  # boxes-only file
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_partial_coco(dataset_name, path, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        register_partial_coco("x_missing", str(tmp_path / "missing.json"), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        register_partial_coco("x_noroot", path, str(tmp_path / "nope"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [], "categories": []}))
+    with pytest.raises(ValueError, match="annotations"):
+        register_partial_coco("x_bad", str(bad), str(tmp_path))
+    assert "x_bad" not in DatasetCatalog.list()
+
+
+def test_register_partial_coco_without_info(tmp_path, dataset_name):
+    path = write_coco(str(tmp_path), [[(8, 8, 30, 30, 0)]])
+    register_partial_coco(dataset_name, path, str(tmp_path / "images"), {"note": "x"})
+    meta = MetadataCatalog.get(dataset_name)
+    assert meta.sparse_fraction is None and meta.note == "x"
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+class FixedDetections(nn.Module):
+    """A model whose detections per image id are given (hand-checkable metrics)."""
+
+    def __init__(self, detections):
+        super().__init__()
+        self.detections = detections
+
+    def forward(self, inputs):
+        outputs = []
+        for inp in inputs:
+            boxes, scores, classes = self.detections[inp["image_id"]]
+            inst = Instances((inp["height"], inp["width"]))
+            inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            inst.scores = torch.tensor(scores, dtype=torch.float32)
+            inst.pred_classes = torch.tensor(classes, dtype=torch.long)
+            outputs.append({"instances": inst})
+        return outputs
+
+
+def test_eval_only_through_the_evaluators_hand_checked(tmp_path, dataset_name):
+    A, B, E = (4, 4, 24, 24), (40, 4, 60, 24), (70, 60, 90, 80)
+    C, D, F = (4, 40, 24, 60), (40, 40, 60, 60), (70, 4, 90, 24)
+    images = [
+        [(*A, 0), (*B, 0), (*E, 0)],  # image 1: three class-0 annotations
+        [(*C, 0), (*D, 1), (*F, 1)],  # image 2: one class-0, two class-1 annotations
+    ]
+    path = write_coco(str(tmp_path), images, categories=("lymphocyte", "other"))
+    register_partial_coco(dataset_name, path, str(tmp_path / "images"))
+    far = (70, 30, 90, 50)
+    dup_a = (5, 5, 24, 24)
+    model = FixedDetections(
+        {
+            1: ([A, B, far, dup_a], [0.92, 0.62, 0.81, 0.30], [0, 0, 0, 0]),
+            2: ([C, D], [0.96, 0.71], [0, 0]),  # D predicted as class 0: a class-1 cell
+        }
+    )
+    cfg = load_sparse_config(TINY)
+    cfg.DATASETS.TEST = (dataset_name,)
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    evaluator = build_sparse_evaluators(cfg, dataset_name)
+    results = inference_on_dataset(model, build_detection_test_loader(cfg, dataset_name), evaluator)
+
+    sparse = results["sparse"]
+    # score >= 0.5: TP = A, B, C; FP = far, D-as-class-0; FN = E, D, F (dup_a scores 0.30)
+    assert (sparse["tp"], sparse["fp"], sparse["fn"]) == (3, 2, 3)
+    assert sparse["precision"] == pytest.approx(3 / 5)
+    assert sparse["recall"] == pytest.approx(3 / 6)
+    assert sparse["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 3))
+    # thresholds 0.50..0.95: kept sets give (tp, fp) = (3,2) x3, (2,2) x2, (2,1) x2, (2,0) x2, (1,0)
+    recalls = [3 / 6] * 3 + [2 / 6] * 6 + [1 / 6]
+    precisions = [3 / 5] * 3 + [2 / 4] * 2 + [2 / 3] * 2 + [1.0] * 3
+    assert sparse["average_recall"] == pytest.approx(np.mean(recalls))
+    assert sparse["average_precision"] == pytest.approx(np.mean(precisions))
+    # lymphocyte: Rec = 3/4 (A, B, C of A, B, E, C); Rec(other) = 1/2 (D of D, F)
+    assert sparse["exclusive_recall/lymphocyte"] == pytest.approx(0.75 * (1 - 0.5))
+    assert sparse["exclusive_recall/other"] == 0.0
+    assert sparse["exclusive_recall"] == pytest.approx(0.375 / 2)
+    # Detectron2's COCOEvaluator ran alongside (pycocotools)
+    assert "AP50" in results["bbox"] and 0.0 < results["bbox"]["AP50"] <= 100.0
+    with open(tmp_path / "out" / "inference" / "sparse_metrics.json") as f:
+        assert json.load(f)["f1"] == pytest.approx(sparse["f1"])
+
+
+# -- tools/train_net.py ----------------------------------------------------------------------
+
+
+def _run_train_net(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_train_net_trains_then_evaluates_only(tmp_path):
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(4):
+        boxes = []
+        for x0, y0 in ((6, 6), (50, 8), (10, 52), (54, 54)):
+            dx, dy = rng.integers(0, 10, 2)
+            boxes.append((int(x0 + dx), int(y0 + dy), int(x0 + dx + 24), int(y0 + dy + 24), 0))
+        images.append(boxes)
+    full = write_coco(str(tmp_path), images, name="full.json")
+    partial = write_coco(
+        str(tmp_path),
+        [boxes[:1] for boxes in images[:3]] + [[]],  # one annotation per image, one image none
+        info={"sparse_fraction": 0.25},
+        name="partial.json",
+    )
+    out = str(tmp_path / "out")
+    common = [
+        "--config-file",
+        TINY,
+        "--register-coco",
+        "cells_partial",
+        partial,
+        str(tmp_path / "images"),
+        "--register-coco",
+        "cells_full",
+        full,
+        str(tmp_path / "images"),
+    ]
+    opts = [
+        "DATASETS.TRAIN",
+        "('cells_partial',)",
+        "DATASETS.TEST",
+        "('cells_full',)",
+        "MODEL.SPARSE.ROI_LOSS",
+        "nnpu",
+        "MODEL.SPARSE.RPN_LOSS",
+        "ece",
+        "MODEL.SPARSE.PU.PRIOR",
+        "0.3",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+        "SOLVER.MAX_ITER",
+        "3",
+        "OUTPUT_DIR",
+        out,
+    ]
+    log = _run_train_net([*common, *opts], cwd=str(tmp_path))
+    assert os.path.isfile(os.path.join(out, "model_final.pth")), log
+    weights = os.path.join(out, "model_final.pth")
+    log = _run_train_net(
+        [*common, "--eval-only", *opts, "MODEL.WEIGHTS", weights], cwd=str(tmp_path)
+    )
+    with open(os.path.join(out, "inference", "sparse_metrics.json")) as f:
+        metrics = json.load(f)
+    for key in ("f1", "precision", "recall", "average_recall", "average_precision"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
+    assert metrics["tp"] + metrics["fn"] == 16  # every annotation of the exhaustive test file
+    assert "copypaste: Task: bbox" in log and "copypaste: Task: sparse" in log
