@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loss_demo.add_argument("--seed", type=int, default=0)
     loss_demo.set_defaults(func=_loss_demo)
+    from sparse_ext.benchmark.cli import register as register_benchmark
+
+    register_benchmark(sub)
+    from sparse_ext.data.cli import register as register_data
+
+    register_data(sub)
     return parser
 
 

@@ -1,0 +1,295 @@
+"""Benchmark results: one CSV per task (one row per run), resumable; summary table; cost; plots.
+
+A run is identified by ``(task, loss, fraction, seed, iters, mode)``: a row with these values
+and ``status == "ok"`` in the CSV means the run is finished and the driver skips it. Failed runs
+are recorded with ``status == "failed"`` and the error text, and are retried on the next call.
+
+Cost is the seconds per training iteration of a loss divided by that of the CE baseline of the
+same task (same framework), averaged over the rows present in the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections import defaultdict
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "BASE_COLUMNS",
+    "METRIC_COLUMNS",
+    "PRIMARY_METRIC",
+    "ResultsTable",
+    "cost_ratios",
+    "format_summary",
+    "markdown_table",
+    "plot_task",
+    "summarise",
+]
+
+BASE_COLUMNS = (
+    "task",
+    "loss",
+    "fraction",
+    "seed",
+    "iters",
+    "mode",
+    "status",
+    "seconds",
+    "sec_per_iter",
+)
+TAIL_COLUMNS = ("config", "overrides", "started_utc", "error")
+METRIC_COLUMNS: Dict[str, Tuple[str, ...]] = {
+    "seg": ("dice", "iou", "aji", "object_f1", "object_precision", "object_recall"),
+    "det": ("f1", "precision", "recall", "ap", "ap50"),
+    "lsr": ("dice", "iou", "masked_dice", "masked_iou"),
+    "maxmin": ("f1_plus", "f1_minus", "cls_error"),
+}
+PRIMARY_METRIC = {"seg": "dice", "det": "f1", "lsr": "masked_dice", "maxmin": "f1_plus"}
+# Metrics drawn in the per-task plot (one panel each).
+PLOT_METRICS = {
+    "seg": ("dice", "aji", "object_f1"),
+    "det": ("f1", "precision", "recall"),
+    "lsr": ("masked_dice", "dice"),
+    "maxmin": ("f1_plus", "f1_minus"),
+}
+RunKey = Tuple[str, str, int, int, int, str]
+
+
+def columns(task: str) -> List[str]:
+    if task not in METRIC_COLUMNS:
+        raise KeyError(f"unknown task {task!r}; valid: {sorted(METRIC_COLUMNS)}")
+    return [*BASE_COLUMNS, *METRIC_COLUMNS[task], *TAIL_COLUMNS]
+
+
+def _key(row: Mapping[str, object]) -> RunKey:
+    return (
+        str(row["task"]),
+        str(row["loss"]),
+        int(row["fraction"]),
+        int(row["seed"]),
+        int(row["iters"]),
+        str(row["mode"]),
+    )
+
+
+def _num(value: object) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+class ResultsTable:
+    """The CSV of one task: read on creation, rewritten atomically after each added row."""
+
+    def __init__(self, path: str, task: str) -> None:
+        self.path = path
+        self.task = task
+        self.columns = columns(task)
+        self.rows: List[Dict[str, str]] = []
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                missing = {"task", "loss", "fraction", "seed", "iters", "mode", "status"} - set(
+                    reader.fieldnames or ()
+                )
+                if missing:
+                    raise ValueError(f"{path} is not a benchmark CSV: missing {sorted(missing)}")
+                self.rows = [dict(r) for r in reader]
+
+    def finished(self, key: RunKey) -> Optional[Dict[str, str]]:
+        """The finished (status ok) row of a run, or None."""
+        for row in self.rows:
+            if row.get("status") == "ok" and _key(row) == key:
+                return row
+        return None
+
+    def add(self, row: Mapping[str, object]) -> None:
+        """Add (or replace a failed attempt of) a run and rewrite the CSV atomically."""
+        key = _key(row)
+        self.rows = [r for r in self.rows if _key(r) != key]
+        self.rows.append({c: _fmt(row.get(c, "")) for c in self.columns})
+        self.write()
+
+    def write(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".csv")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def ok_rows(self) -> List[Dict[str, str]]:
+        return [r for r in self.rows if r.get("status") == "ok"]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def cost_ratios(rows: Iterable[Mapping[str, str]], baseline: str = "ce") -> Dict[str, float]:
+    """Mean seconds per iteration of each loss divided by the baseline's (NaN without one)."""
+    per_loss: Dict[str, List[float]] = defaultdict(list)
+    for row in rows:
+        v = _num(row.get("sec_per_iter"))
+        if v is not None and v > 0:
+            per_loss[str(row["loss"])].append(v)
+    means = {k: sum(v) / len(v) for k, v in per_loss.items()}
+    base = means.get(baseline)
+    return {k: (m / base if base else float("nan")) for k, m in means.items()}
+
+
+def summarise(
+    rows: Iterable[Mapping[str, str]], metric: str
+) -> Dict[str, Dict[int, Tuple[float, float, int]]]:
+    """``{loss: {fraction: (mean, std, n)}}`` of a metric over seeds (population std)."""
+    values: Dict[str, Dict[int, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        v = _num(row.get(metric))
+        if v is not None:
+            values[str(row["loss"])][int(row["fraction"])].append(v)
+    out: Dict[str, Dict[int, Tuple[float, float, int]]] = {}
+    for loss, by_frac in values.items():
+        out[loss] = {}
+        for frac, vals in sorted(by_frac.items()):
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((x - mean) ** 2 for x in vals) / len(vals))
+            out[loss][frac] = (mean, std, len(vals))
+    return out
+
+
+def format_summary(
+    rows: Sequence[Mapping[str, str]], task: str, loss_order: Optional[Sequence[str]] = None
+) -> str:
+    """Plain-text table: one line per loss, the primary metric (mean over seeds) per fraction,
+    and the cost relative to CE."""
+    metric = PRIMARY_METRIC[task]
+    table = summarise(rows, metric)
+    if not table:
+        return f"[{task}] no finished runs"
+    fractions = sorted({f for by_frac in table.values() for f in by_frac})
+    costs = cost_ratios(rows)
+    losses = [x for x in (loss_order or ()) if x in table] + sorted(
+        x for x in table if x not in (loss_order or ())
+    )
+    width = max(len("loss"), *(len(x) for x in losses))
+    head = f"{'loss':<{width}} " + " ".join(f"{f'{f}%':>7}" for f in fractions) + "  cost_vs_ce"
+    lines = [f"[{task}] {metric} on held-out frames (mean over seeds)", head]
+    for loss in losses:
+        cells = []
+        for f in fractions:
+            cell = table[loss].get(f)
+            cells.append(f"{cell[0]:7.3f}" if cell else f"{'-':>7}")
+        cost = costs.get(loss, float("nan"))
+        lines.append(f"{loss:<{width}} " + " ".join(cells) + f"  {cost:10.2f}")
+    return "\n".join(lines)
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, str]], task: str, loss_order: Optional[Sequence[str]] = None
+) -> str:
+    """Markdown table: one line per (loss, fraction) with the task's metrics (mean +- std over
+    seeds when there are several), seconds per iteration and the cost relative to CE."""
+    metrics = METRIC_COLUMNS[task]
+    tables = {m: summarise(rows, m) for m in (*metrics, "sec_per_iter")}
+    primary = tables[PRIMARY_METRIC[task]]
+    costs = cost_ratios(rows)
+    losses = [x for x in (loss_order or ()) if x in primary] + sorted(
+        x for x in primary if x not in (loss_order or ())
+    )
+    head = ["loss", "annotated %", "seeds", *metrics, "s/iter", "cost vs ce"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for loss in losses:
+        for frac in sorted(primary[loss]):
+            cells = [loss, str(frac), str(primary[loss][frac][2])]
+            for m in (*metrics, "sec_per_iter"):
+                cell = tables[m].get(loss, {}).get(frac)
+                if cell is None:
+                    cells.append("-")
+                elif cell[2] > 1:
+                    cells.append(f"{cell[0]:.3f} ± {cell[1]:.3f}")
+                else:
+                    cells.append(f"{cell[0]:.3f}")
+            cells.append(f"{costs.get(loss, float('nan')):.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_task(
+    rows: Sequence[Mapping[str, str]],
+    task: str,
+    out_png: str,
+    *,
+    loss_order: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> str:
+    """Metric vs annotation % (one line per loss, mean over seeds, band = +- std), like Fig. 4 of
+    Panteli et al. (ICCV 2021). One panel per metric in ``PLOT_METRICS[task]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = PLOT_METRICS[task]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(4.4 * len(metrics) + 1.2, 3.8), squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics):
+        table = summarise(rows, metric)
+        losses = [x for x in (loss_order or ()) if x in table] + sorted(
+            x for x in table if x not in (loss_order or ())
+        )
+        for k, loss in enumerate(losses):
+            fracs = sorted(table[loss])
+            mean = [table[loss][f][0] for f in fracs]
+            std = [table[loss][f][1] for f in fracs]
+            # distinct markers and dashes: several losses coincide (e.g. all collapse to 0)
+            (line,) = ax.plot(
+                fracs,
+                mean,
+                marker="osD^vP*Xh<>"[k % 11],
+                linestyle=("-", "--", ":", "-.")[k % 4],
+                markersize=7 - (k % 4),
+                alpha=0.85,
+                label=loss,
+            )
+            lo = [m - s for m, s in zip(mean, std)]
+            hi = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(fracs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("annotated nuclei (%)")
+        ax.set_ylabel(metric)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right")
+    fig.suptitle(title or f"{task}: held-out test frames")
+    fig.tight_layout(rect=(0, 0, 0.89, 1))
+    folder = os.path.dirname(os.path.abspath(out_png))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_png

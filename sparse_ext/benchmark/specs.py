@@ -1,0 +1,223 @@
+"""What each benchmark run trains: task -> loss name -> config file + overrides, and run profiles.
+
+Seg losses all run the same MMSeg UNet (``configs/mmseg``): the baseline's config, MMSeg's own
+FocalLoss config, sparse_ext's ECE config (the schedule picked by name through an override),
+ECE+focal, nnPU, and the reference ``ece-loss`` package's loss (``BenchmarkReferenceECELoss``)
+swapped into the CE config as an external peer. ``--quick`` profiles: small random crops, a
+narrow UNet (base_channels 16), training at the frames' native scale, AdamW (lr 1e-3 with the
+config's poly decay); full mode keeps the config's model, pipeline and optimiser.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_LOSSES",
+    "LOSSES",
+    "LossSpec",
+    "TASKS",
+    "parse_losses",
+    "profile_for",
+]
+
+TASKS = ("seg", "det", "lsr", "maxmin")
+DEFAULT_FRACTIONS = (10, 30, 50, 100)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_ROOT = os.path.join(REPO_ROOT, "configs")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One benchmarked loss: the config it trains and the config lines that differ."""
+
+    name: str
+    config: str  # relative to configs/
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    # extra overrides that depend on the annotation fraction (percent)
+    per_fraction: Optional[Callable[[int], Dict[str, Any]]] = None
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(CONFIG_ROOT, self.config)
+
+    def overrides_for(self, fraction: int) -> Dict[str, Any]:
+        extra = self.per_fraction(fraction) if self.per_fraction else {}
+        return {**self.overrides, **extra}
+
+
+def _both_heads(loss: Dict[str, Any], aux_weight: float = 0.4) -> Dict[str, Any]:
+    """Replace the loss of the decode head and the auxiliary head (weight 0.4, as MMSeg's UNet)."""
+    return {
+        "model.decode_head.loss_decode": dict(_delete_=True, **loss),
+        "model.auxiliary_head.loss_decode": dict(
+            _delete_=True, **{**loss, "loss_weight": aux_weight}
+        ),
+    }
+
+
+_ECE = "mmseg/unet_s5-d16_ece_partial-nuclei.py"
+
+
+def matched_sample_prob(fraction: int) -> float:
+    """Background-sampling probability for ECE's unannotated pixels matched to the annotation
+    fraction f: 0.5 * f / (1 - f), capped at 1 (10 % -> 0.056, 30 % -> 0.214, 50 % -> 0.5).
+
+    An unannotated nucleus pixel then carries half the expected background weight of the
+    annotated-positive weight, (1 - f) * s = f / 2, so the cross-entropy optimum of a nucleus
+    pixel is p(nucleus) = f / (f + f / 2) = 2/3, above rho = 0.5: ECE's exclusion then takes
+    over instead of the background collapse seen with plain CE/ECE at low fractions.
+    """
+    f = min(max(fraction / 100.0, 0.0), 1.0)
+    return 1.0 if f >= 1.0 else min(1.0, 0.5 * f / (1.0 - f))
+
+
+def _ece_lines(**options: Any) -> Dict[str, Any]:
+    """The same ECE options on the decode and the auxiliary head."""
+    return {
+        f"model.{head}.loss_decode.{key}": value
+        for head in ("decode_head", "auxiliary_head")
+        for key, value in options.items()
+    }
+
+
+def _sampled(fraction: int, rho: Optional[float] = None) -> Dict[str, Any]:
+    prob = round(matched_sample_prob(fraction), 4)
+    out: Dict[str, Any] = {}
+    for head in ("decode_head", "auxiliary_head"):
+        out[f"model.{head}.loss_decode.sampling_schedule"] = prob
+        if rho is not None:
+            out[f"model.{head}.loss_decode.schedule"] = rho
+    return out
+
+
+_ANNEAL_HOOK = {"custom_hooks": [dict(type="SparseLossAnnealingHook")]}
+
+LOSSES: Dict[str, Dict[str, LossSpec]] = {
+    "seg": {
+        spec.name: spec
+        for spec in (
+            LossSpec("ce", "mmseg/unet_s5-d16_ce_partial-nuclei.py", {}, "cross-entropy (MMSeg)"),
+            LossSpec("focal", "mmseg/unet_s5-d16_focal_partial-nuclei.py", {}, "MMSeg FocalLoss"),
+            LossSpec("ece", _ECE, {}, "ECE, constant rho 0.5 (default)"),
+            LossSpec(
+                "ece_table2",
+                _ECE,
+                _ece_lines(schedule="paper_table2"),
+                "ECE, paper Table 2 sigmoid schedule",
+            ),
+            LossSpec(
+                "ece_refcode",
+                _ECE,
+                _ece_lines(
+                    schedule="reference_exclusivity", sampling_schedule="reference_sampling"
+                ),
+                "ECE, reference code's schedules",
+            ),
+            LossSpec("ece_focal", "mmseg/unet_s5-d16_ece-focal_partial-nuclei.py", {}, "ECE+focal"),
+            LossSpec("nnpu", "mmseg/unet_s5-d16_nnpu_partial-nuclei.py", {}, "nnPU on pixels"),
+            LossSpec(
+                "ece_sampled",
+                _ECE,
+                {},
+                "ECE rho 0.5 + background sampling matched to the fraction",
+                per_fraction=_sampled,
+            ),
+            LossSpec(
+                "ce_sampled",
+                _ECE,
+                {},
+                "ablation: plain CE (ECE with rho 1) + the same background sampling",
+                per_fraction=lambda f: _sampled(f, rho=1.0),
+            ),
+            LossSpec(
+                "ece_pkg",
+                "mmseg/unet_s5-d16_ce_partial-nuclei.py",
+                {**_both_heads(dict(type="BenchmarkReferenceECELoss")), **_ANNEAL_HOOK},
+                "reference ece-loss 1.0.0 package (external peer)",
+            ),
+        )
+    },
+    "det": {
+        name: LossSpec(
+            name,
+            "detectron2/faster_rcnn_R_18_FPN_tiny_cpu.yaml",
+            {"MODEL.SPARSE.ROI_LOSS": name, "MODEL.SPARSE.RPN_LOSS": "ce"},
+            f"Faster R-CNN, ROI loss {name}",
+        )
+        for name in ("ce", "focal", "ece", "nnpu", "bde")
+    },
+    "lsr": {},
+    "maxmin": {},
+}
+DEFAULT_LOSSES = {
+    "seg": (
+        "ce",
+        "focal",
+        "ece",
+        "ece_sampled",
+        "nnpu",
+        "ece_table2",
+        "ece_refcode",
+        "ece_focal",
+        "ece_pkg",
+        "ce_sampled",
+    ),
+    "det": ("ce", "focal", "ece", "nnpu", "bde"),
+    "lsr": (),
+    "maxmin": (),
+}
+
+# Run profiles. Quick: minutes per run on 2 CPU cores. Full: the configs as written (GPU).
+PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "seg": {
+        "quick": dict(
+            crop=128,
+            native_scale=True,
+            batch_size=4,
+            unet_base_channels=16,
+            optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
+            iters=300,
+        ),
+        # the R50-FPN recipe configs, one per loss (configs/detectron2/faster_rcnn_R_50_FPN_*.yaml)
+        "full": dict(iters=20000, recipe_configs=True),
+    },
+    "det": {
+        # the tiny CPU Faster R-CNN (ResNet-18, 32-channel FPN) at the frames' native size
+        "quick": dict(
+            iters=100,
+            opts={
+                "INPUT.MIN_SIZE_TRAIN": "(700,)",
+                "INPUT.MAX_SIZE_TRAIN": 1100,
+                "INPUT.MIN_SIZE_TEST": 700,
+                "INPUT.MAX_SIZE_TEST": 1100,
+                "SOLVER.IMS_PER_BATCH": 2,
+            },
+        ),
+        "full": dict(iters=20000),
+    },
+    "lsr": {"quick": dict(iters=200), "full": dict(iters=20000)},
+    "maxmin": {"quick": dict(iters=200), "full": dict(iters=20000)},
+}
+
+
+def profile_for(task: str, quick: bool) -> Dict[str, Any]:
+    return dict(PROFILES[task]["quick" if quick else "full"])
+
+
+def parse_losses(task: str, losses: Optional[Sequence[str]]) -> List[LossSpec]:
+    """Loss names -> specs, in the given order; KeyError naming the valid ones otherwise."""
+    if task not in LOSSES:
+        raise KeyError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    names = list(losses) if losses else list(DEFAULT_LOSSES[task])
+    specs = []
+    for name in names:
+        if name not in LOSSES[task]:
+            valid = ", ".join(LOSSES[task]) or "(none available)"
+            raise KeyError(f"unknown {task} loss {name!r}; valid: {valid}")
+        specs.append(LOSSES[task][name])
+    return specs

@@ -1,0 +1,189 @@
+"""The benchmark driver and the demo, end to end on a tiny generated dataset (no download)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_ext.benchmark.results import ResultsTable, cost_ratios, format_summary, summarise
+from sparse_ext.benchmark.specs import parse_losses
+from sparse_ext.benchmark.synthetic import make_synthetic_nuclei
+
+pytest.importorskip("mmseg")
+
+# tiny runs: 32x32 crops of 64x64 frames, UNet width 8, batch 2
+TINY = dict(crop=32, unet_base_channels=8, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_data")
+    make_synthetic_nuclei(str(root), fractions=(30, 100), n_frames={"train": 3, "test": 2})
+    return str(root)
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_synthetic_dataset_layout_and_nesting(tiny_data):
+    from skimage.io import imread
+    from tifffile import imread as tifread
+
+    root = os.path.join(tiny_data, "hela")
+    stems = sorted(os.listdir(os.path.join(root, "images", "train")))
+    assert len(stems) == 3
+    for stem in stems:
+        inst = tifread(os.path.join(root, "instances", "train", stem.replace(".png", ".tif")))
+        f30 = imread(os.path.join(root, "labels", "frac030", "train", stem))
+        f100 = imread(os.path.join(root, "labels", "frac100", "train", stem))
+        assert np.array_equal(f100 > 0, inst > 0)
+        assert np.all(f100[f30 > 0] > 0)  # nested: every 30 % nucleus is in the 100 % map
+        n30 = np.unique(inst[f30 > 0]).size
+        assert 0 < n30 < np.unique(inst[inst > 0]).size
+
+
+def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path):
+    from sparse_ext.benchmark import run_benchmark
+
+    out = str(tmp_path / "out")
+    lines = []
+    kwargs = dict(
+        task="seg",
+        fractions=(30, 100),
+        losses=("ce", "ece"),
+        seeds=(0,),
+        iters=2,
+        quick=True,
+        out=out,
+        work_dirs=str(tmp_path / "work"),
+        profile_overrides=TINY,
+        log=lines.append,
+    )
+    run_benchmark(tiny_data, **kwargs)
+    rows = _read(os.path.join(out, "seg.csv"))
+    assert [(r["loss"], r["fraction"]) for r in rows] == [
+        ("ce", "30"),
+        ("ece", "30"),
+        ("ce", "100"),
+        ("ece", "100"),
+    ]
+    for r in rows:
+        assert r["status"] == "ok", r["error"]
+        assert r["iters"] == "2" and r["mode"] == "quick" and r["seed"] == "0"
+        for m in ("dice", "iou", "aji", "object_f1"):
+            assert 0.0 <= float(r[m]) <= 1.0
+        assert float(r["seconds"]) > 0 and float(r["sec_per_iter"]) > 0
+        assert r["config"].startswith("configs/mmseg/")
+    assert os.path.getsize(os.path.join(out, "seg.png")) > 1000
+    progress = [x for x in lines if x.startswith("[")]
+    assert sum("s/iter" in x for x in progress) == 4
+    assert any("cost_vs_ce" in x for x in lines)
+
+    # second call: every run is finished, nothing is trained again
+    lines.clear()
+    before = os.path.getmtime(os.path.join(out, "seg.csv"))
+    run_benchmark(tiny_data, **kwargs)
+    assert sum("skipped" in x for x in lines) == 4
+    assert not any("s/iter" in x for x in lines)
+    assert os.path.getmtime(os.path.join(out, "seg.csv")) == before
+    assert len(_read(os.path.join(out, "seg.csv"))) == 4
+
+
+def test_demo_code_path_tiny_schedule(tiny_data, tmp_path):
+    from sparse_ext.benchmark import run_demo
+
+    out = str(tmp_path / "demo")
+    lines = []
+    results = run_demo(tiny_data, out, iters=2, profile_overrides=TINY, log=lines.append)
+    assert set(results) == {"ce", "ece", "ece_sampled"}
+    for m in results.values():
+        assert 0.0 <= m["dice"] <= 1.0
+    for name in ("demo.csv", "demo.png", "demo_overlay.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 500, name
+    assert any(out in x for x in lines)  # says where the outputs are
+    assert len(_read(os.path.join(out, "demo.csv"))) == 3
+
+
+def test_results_table_resume_and_retry(tmp_path):
+    path = str(tmp_path / "seg.csv")
+    table = ResultsTable(path, "seg")
+    base = dict(task="seg", fraction=30, seed=0, iters=5, mode="quick")
+    table.add(dict(base, loss="ce", status="ok", sec_per_iter=0.5, dice=0.2))
+    table.add(dict(base, loss="ece", status="failed", error="boom"))
+    again = ResultsTable(path, "seg")
+    assert again.finished(("seg", "ce", 30, 0, 5, "quick"))["dice"] == "0.2"
+    assert again.finished(("seg", "ece", 30, 0, 5, "quick")) is None  # failed runs are retried
+    assert again.finished(("seg", "ce", 30, 0, 6, "quick")) is None  # other budget, other run
+    again.add(dict(base, loss="ece", status="ok", sec_per_iter=0.75, dice=0.9))
+    rows = _read(path)
+    assert [(r["loss"], r["status"]) for r in rows] == [("ce", "ok"), ("ece", "ok")]
+    assert cost_ratios(rows) == {"ce": 1.0, "ece": 1.5}
+    text = format_summary(rows, "seg", loss_order=["ce", "ece"])
+    assert "0.200" in text and "0.900" in text and "1.50" in text
+
+
+def test_summarise_mean_and_spread_over_seeds():
+    rows = [
+        dict(loss="ece", fraction="10", dice="0.5"),
+        dict(loss="ece", fraction="10", dice="0.7"),
+        dict(loss="ece", fraction="30", dice=""),  # failed metric: left out
+    ]
+    table = summarise(rows, "dice")
+    mean, std, n = table["ece"][10]
+    assert n == 2 and math.isclose(mean, 0.6) and math.isclose(std, 0.1)
+    assert 30 not in table["ece"]
+
+
+def test_bad_inputs_are_named(tmp_path):
+    from sparse_ext.benchmark import run_benchmark
+
+    with pytest.raises(KeyError, match="unknown seg loss 'nope'.*ce"):
+        parse_losses("seg", ["ce", "nope"])
+    with pytest.raises(KeyError, match="unknown task"):
+        parse_losses("cls", None)
+    with pytest.raises(FileNotFoundError, match="sparse-ext data fetch hela"):
+        run_benchmark(str(tmp_path), "seg", losses=["ce"], out=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="fractions"):
+        run_benchmark(str(tmp_path), "seg", fractions=(0,), losses=["ce"])
+
+
+def test_det_without_detectron2_skips_cleanly(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPARSE_EXT_D2_PYTHON", raising=False)
+    try:
+        import detectron2  # noqa: F401
+
+        pytest.skip("detectron2 is installed here")
+    except ImportError:
+        pass
+    from sparse_ext.benchmark import run_benchmark
+
+    lines = []
+    assert run_benchmark(str(tmp_path), "det", out=str(tmp_path / "o"), log=lines.append) == []
+    assert "skipped" in lines[0] and "detectron2" in lines[0]
+    assert not os.path.exists(tmp_path / "o" / "det.csv")
+
+
+def test_reference_ece_wrapper_matches_the_package():
+    ece_loss = pytest.importorskip("ece_loss")
+    from sparse_ext.benchmark.reference_ece import ReferenceECELoss
+
+    logits = torch.randn(2, 2, 8, 8)
+    label = torch.randint(0, 2, (2, 8, 8))
+    label[0, :2] = 255
+    wrapper = ReferenceECELoss(background_sampling_threshold=2.0)  # sampling always on
+    wrapper.set_progress(1.0)  # epoch 300: thresholds at their plateau
+    ref = ece_loss.ExclusiveCrossEntropyLoss(
+        ignore_index=255, reduction="none", background_sampling_threshold=2.0
+    )(logits, label, epoch=300)
+    expected = ref.sum() / (label != 255).sum()
+    assert torch.allclose(wrapper(logits, label), expected)
+    assert wrapper.loss_name.startswith("loss_")
+    wrapper.set_progress(0.0)  # epoch 0: exclusivity threshold ~0.003, almost no background term
+    assert wrapper(logits, label) < expected
