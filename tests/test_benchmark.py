@@ -111,6 +111,101 @@ def test_demo_code_path_tiny_schedule(tiny_data, tmp_path):
     assert len(_read(os.path.join(out, "demo.csv"))) == 3
 
 
+@pytest.mark.parametrize(
+    "task, losses, tiny, metrics",
+    [
+        (
+            "lsr",
+            ("intra_inter", "lowres"),
+            dict(block=16, bins=4, unet_base_channels=8),
+            ("dice", "iou", "masked_dice", "masked_iou"),
+        ),
+        (
+            "maxmin",
+            ("eem", "none"),
+            dict(crop=32, unet_base_channels=8, batch_size=2),
+            ("f1_plus", "f1_minus", "dice"),
+        ),
+    ],
+)
+def test_lsr_and_maxmin_benchmarks_end_to_end(
+    tiny_data, tmp_path, monkeypatch, task, losses, tiny, metrics
+):
+    from sparse_ext.benchmark import run_benchmark
+
+    monkeypatch.chdir(tmp_path)  # relative work dirs, as on the command line
+    out, lines = "out", []
+    run_benchmark(
+        tiny_data,
+        task,
+        fractions=(30, 100),
+        losses=losses,
+        iters=2,
+        out=out,
+        work_dirs="work",
+        profile_overrides=tiny,
+        log=lines.append,
+    )
+    assert any("fraction 100 only" in x for x in lines)
+    rows = _read(os.path.join(out, f"{task}.csv"))
+    assert [(r["loss"], r["fraction"], r["status"]) for r in rows] == [
+        (name, "100", "ok") for name in losses
+    ], [r["error"] for r in rows]
+    for r in rows:
+        for m in metrics:
+            assert 0.0 <= float(r[m]) <= 1.0, (r["loss"], m, r[m])
+    assert os.path.getsize(os.path.join(out, f"{task}.png")) > 1000
+    baseline = {"lsr": "intra", "maxmin": "none"}[task]
+    assert any(f"cost_vs_{baseline}" in x for x in lines)
+    if task == "maxmin":
+        assert 0.0 <= float(rows[0]["cls_error"]) <= 100.0
+
+
+def test_lowres_baseline_predicts_the_table_majority_per_block(tmp_path):
+    from skimage.io import imsave
+
+    from sparse_ext.benchmark.lsr import lowres_predictions, score_lsr
+
+    root = tmp_path / "d"
+    (root / "labels" / "full" / "test").mkdir(parents=True)
+    gt = np.zeros((8, 12), np.uint8)
+    gt[:4, :4] = 1  # block (0, 0): fraction 1 -> z 1 (2 bins)
+    gt[4:, 4:6] = 1  # block (1, 1): fraction 0.5 -> z 1
+    gt[0, 8] = 1  # block (0, 2): fraction 1/16 -> z 0
+    imsave(root / "labels" / "full" / "test" / "f.png", gt, check_contrast=False)
+    table = tmp_path / "table.json"
+    table.write_text(
+        '{"classes": ["background", "nucleus"], "labels": [0, 1],'
+        ' "eta": [[0.9, 0.3], [0.1, 0.7]], "rho": [[0.1, 0.1], [0.1, 0.1]]}'
+    )
+    pred = lowres_predictions(str(root), str(table), block=4)["f"]
+    expected = np.zeros_like(gt, dtype=np.int64)
+    expected[:4, :4] = 1
+    expected[4:, 4:8] = 1
+    np.testing.assert_array_equal(pred, expected)
+    scores = score_lsr({"f": pred}, str(root), band_width=1)
+    tp, fp, fn = 24, 8, 1
+    assert scores["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert scores["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert 0.0 < scores["masked_dice"] < 1.0
+
+
+def test_maxmin_tiles_labels_follow_the_nucleus_fraction(tiny_data, tmp_path):
+    from skimage.io import imread
+
+    from sparse_ext.benchmark.maxmin import prepare_maxmin_tiles
+
+    root = prepare_maxmin_tiles(os.path.join(tiny_data, "hela"), str(tmp_path), 16, 0.2)
+    assert prepare_maxmin_tiles(os.path.join(tiny_data, "hela"), str(tmp_path), 16, 0.2) == root
+    rows = _read(os.path.join(root, "train.csv"))
+    assert rows and {r["label"] for r in rows} <= {"negative", "positive"}
+    for r in rows:
+        fraction = (imread(os.path.join(root, "masks", r["mask"])) > 0).mean()
+        assert (fraction >= 0.2) if r["label"] == "positive" else (fraction == 0)
+    # 3 frames of 64 px -> 48 tiles of 16 px; the ambiguous ones (0 < fraction < 0.2) are left out
+    assert len(rows) < 48
+
+
 def test_results_table_resume_and_retry(tmp_path):
     path = str(tmp_path / "seg.csv")
     table = ResultsTable(path, "seg")
@@ -125,6 +220,16 @@ def test_results_table_resume_and_retry(tmp_path):
     rows = _read(path)
     assert [(r["loss"], r["status"]) for r in rows] == [("ce", "ok"), ("ece", "ok")]
     assert cost_ratios(rows) == {"ce": 1.0, "ece": 1.5}
+    # runs are compared with the baseline of the same call (session), fraction and seed only
+    other = [
+        dict(loss="ce", session="a", fraction="30", seed="0", sec_per_iter="0.2"),
+        dict(loss="ece", session="a", fraction="30", seed="0", sec_per_iter="0.3"),
+        dict(loss="ce", session="b", fraction="30", seed="0", sec_per_iter="0.6"),
+        dict(loss="ece", session="b", fraction="30", seed="0", sec_per_iter="0.6"),
+        dict(loss="nnpu", session="c", fraction="30", seed="0", sec_per_iter="0.9"),
+    ]
+    ratios = cost_ratios(other)
+    assert ratios["ece"] == pytest.approx(1.25) and math.isnan(ratios["nnpu"])
     text = format_summary(rows, "seg", loss_order=["ce", "ece"])
     assert "0.200" in text and "0.900" in text and "1.50" in text
 

@@ -21,6 +21,12 @@ def distance(mu, sigma2, eta, rho):
     )
 
 
+def gaussian_distance(mu, sigma2, eta, rho):
+    """-log N(eta; mu, rho^2 + sigma2) with the variance floor in the log, in plain floats."""
+    variance = rho**2 + sigma2
+    return 0.5 * (eta - mu) ** 2 / variance + 0.5 * math.log(2 * math.pi * (variance + FLOOR))
+
+
 def make_blocks(seed=0, n=3, h=2, w=3):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 2, h, w, generator=g, dtype=torch.float64)
@@ -121,9 +127,53 @@ def test_valid_mask_restricts_pixels_and_drops_empty_blocks():
 
 
 @pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
-def test_gradcheck_float64(mode):
+@pytest.mark.parametrize("kind", ["eq5", "gaussian"])
+def test_gradcheck_float64(mode, kind):
     logits = make_blocks(seed=5, h=2, w=2).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: lsr_loss(x, Z, ETA, RHO, mode=mode), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda x: lsr_loss(x, Z, ETA, RHO, mode=mode, distance=kind), (logits,)
+    )
+
+
+def test_gaussian_distance_hand_computed():
+    logits = make_blocks(seed=3)
+    mu, sigma2 = block_stats(logits)
+    groups = []
+    for cls in range(2):
+        for z in (0, 1):
+            d = [
+                gaussian_distance(
+                    mu[k, cls], sigma2[k, cls], ETA[cls, z].item(), RHO[cls, z].item()
+                )
+                for k in range(3)
+                if Z[k] == z
+            ]
+            groups.append(sum(d) / len(d))
+    got = lsr_loss(logits, Z, ETA, RHO, mode="intra", distance="gaussian")
+    assert got.item() == pytest.approx(sum(groups) / len(groups), rel=1e-10)
+    module = LabelSuperResolutionLoss(ETA, RHO, mode="intra", distance="gaussian")
+    assert module(logits, Z).item() == pytest.approx(got.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="distance"):
+        lsr_loss(logits, Z, ETA, RHO, distance="kl")
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
+def test_eq5_has_a_collapsed_minimum_that_the_gaussian_distance_does_not(mode):
+    """Every block predicted 'background' with certainty (sigma2 = 0) is a global minimum of
+    Eq. 5/9 whatever the table says; the Gaussian form charges the missed means."""
+    collapsed = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    collapsed[:, 0] = 40.0  # p(background) = 1 in every pixel of every block
+    floor_value = 0.5 * math.log(2 * math.pi * FLOOR)
+    eq5 = lsr_loss(collapsed, Z, ETA, RHO, mode=mode)
+    assert eq5.item() == pytest.approx(floor_value, abs=1e-9)
+    # a prediction that matches every mean exactly is no better under Eq. 5/9...
+    exact = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
+    exact[:, 1] = torch.logit(ETA[1, Z])[:, None, None]
+    assert lsr_loss(exact, Z, ETA, RHO, mode=mode).item() >= eq5.item() - 1e-12
+    # ...but it is under the Gaussian distance, by the means' squared misses over rho^2
+    gauss_collapsed = lsr_loss(collapsed, Z, ETA, RHO, mode=mode, distance="gaussian")
+    gauss_exact = lsr_loss(exact, Z, ETA, RHO, mode=mode, distance="gaussian")
+    assert gauss_exact.item() < gauss_collapsed.item() - 1.0
 
 
 def test_module_and_table_file(tmp_path):
@@ -201,8 +251,9 @@ def test_table_file_errors(tmp_path):
     zero_rho=st.booleans(),
     half=st.booleans(),
     seed=st.integers(0, 2**16),
+    kind=st.sampled_from(["eq5", "gaussian"]),
 )
-def test_finite_for_finite_logits(scale, n, keep, mode, zero_rho, half, seed):
+def test_finite_for_finite_logits(scale, n, keep, mode, zero_rho, half, seed, kind):
     g = torch.Generator().manual_seed(seed)
     logits = scale * torch.randn(n, 2, 4, 4, generator=g)
     if half:
@@ -213,7 +264,7 @@ def test_finite_for_finite_logits(scale, n, keep, mode, zero_rho, half, seed):
     # rho = 0 (a table cell from one block) makes Eq. 5's gradient diverge as sigma2 -> 0: finite
     # in float32, but beyond float16's range, so half precision is checked with rho > 0 only
     rho = torch.zeros_like(RHO) if zero_rho and not half else RHO
-    loss = lsr_loss(logits, z, ETA, rho, mode=mode, valid_mask=valid)
+    loss = lsr_loss(logits, z, ETA, rho, mode=mode, valid_mask=valid, distance=kind)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all()

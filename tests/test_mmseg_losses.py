@@ -222,17 +222,22 @@ def _block_maps(z, h=8, w=8, pad_rows=0, num_labels=3, classes=2):
 
 
 @pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
-def test_lsr_module_equals_core_function(mode):
+@pytest.mark.parametrize("distance", ["eq5", "gaussian"])
+def test_lsr_module_equals_core_function(mode, distance):
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(6, 2, 8, 8, generator=g).requires_grad_()
     z = torch.tensor([0, 1, 1, 2, 2, 2])
     label = _block_maps(z.tolist(), pad_rows=2)
-    module = LabelSuperResolutionLoss(table=TABLE, mode=mode, alpha=1.5, loss_weight=2.0)
+    module = LabelSuperResolutionLoss(
+        table=TABLE, mode=mode, alpha=1.5, loss_weight=2.0, distance=distance
+    )
     got = module(logits, label)
     eta, rho = torch.tensor(TABLE["eta"]), torch.tensor(TABLE["rho"])
     valid = torch.ones(6, 8, 8, dtype=torch.bool)
     valid[:, 6:] = False
-    want = 2.0 * lsr_loss(logits, z, eta, rho, mode=mode, alpha=1.5, valid_mask=valid)
+    want = 2.0 * lsr_loss(
+        logits, z, eta, rho, mode=mode, alpha=1.5, valid_mask=valid, distance=distance
+    )
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(_grad(got, logits), _grad(want, logits))
     assert torch.isfinite(got)

@@ -4,8 +4,10 @@ A run is identified by ``(task, loss, fraction, seed, iters, mode)``: a row with
 and ``status == "ok"`` in the CSV means the run is finished and the driver skips it. Failed runs
 are recorded with ``status == "failed"`` and the error text, and are retried on the next call.
 
-Cost is the seconds per training iteration of a loss divided by that of the CE baseline of the
-same task (same framework), averaged over the rows present in the CSV.
+Cost is the seconds per training iteration of a run divided by that of the task's baseline
+(``COST_BASELINE``: CE for seg and det) run in the same benchmark call (``session``) with the same
+fraction and seed, averaged over a loss's runs: runs from different calls (another day, another
+machine load) are never compared.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "BASE_COLUMNS",
+    "COST_BASELINE",
     "METRIC_COLUMNS",
     "PRIMARY_METRIC",
     "ResultsTable",
@@ -40,13 +43,16 @@ BASE_COLUMNS = (
     "seconds",
     "sec_per_iter",
 )
-TAIL_COLUMNS = ("config", "overrides", "started_utc", "error")
+TAIL_COLUMNS = ("config", "overrides", "started_utc", "session", "error")
 METRIC_COLUMNS: Dict[str, Tuple[str, ...]] = {
     "seg": ("dice", "iou", "aji", "object_f1", "object_precision", "object_recall"),
     "det": ("f1", "precision", "recall", "ap", "ap50"),
     "lsr": ("dice", "iou", "masked_dice", "masked_iou"),
-    "maxmin": ("f1_plus", "f1_minus", "cls_error"),
+    "maxmin": ("f1_plus", "f1_minus", "cls_error", "dice"),
 }
+# The loss each task's cost (seconds per iteration) is divided by: the framework's default loss,
+# the published LSR loss that seed 004 improves on, max-min without the regulariser.
+COST_BASELINE = {"seg": "ce", "det": "ce", "lsr": "intra", "maxmin": "none"}
 PRIMARY_METRIC = {"seg": "dice", "det": "f1", "lsr": "masked_dice", "maxmin": "f1_plus"}
 # Metrics drawn in the per-task plot (one panel each).
 PLOT_METRICS = {
@@ -144,15 +150,21 @@ def _fmt(value: object) -> str:
 
 
 def cost_ratios(rows: Iterable[Mapping[str, str]], baseline: str = "ce") -> Dict[str, float]:
-    """Mean seconds per iteration of each loss divided by the baseline's (NaN without one)."""
-    per_loss: Dict[str, List[float]] = defaultdict(list)
+    """Per loss, the mean over its runs of seconds per iteration divided by the baseline run's of
+    the same session, fraction and seed (NaN for a loss with no such pair)."""
+    rows = list(rows)
+
+    def pair(row: Mapping[str, str]) -> tuple:
+        return (row.get("session") or "", str(row.get("fraction")), str(row.get("seed")))
+
+    base = {pair(r): _num(r.get("sec_per_iter")) for r in rows if str(r.get("loss")) == baseline}
+    per_loss: Dict[str, List[float]] = {}
     for row in rows:
-        v = _num(row.get("sec_per_iter"))
-        if v is not None and v > 0:
-            per_loss[str(row["loss"])].append(v)
-    means = {k: sum(v) / len(v) for k, v in per_loss.items()}
-    base = means.get(baseline)
-    return {k: (m / base if base else float("nan")) for k, m in means.items()}
+        v, b = _num(row.get("sec_per_iter")), base.get(pair(row))
+        per_loss.setdefault(str(row["loss"]), [])
+        if v is not None and v > 0 and b:
+            per_loss[str(row["loss"])].append(v / b)
+    return {k: (sum(v) / len(v) if v else float("nan")) for k, v in per_loss.items()}
 
 
 def summarise(
@@ -178,18 +190,19 @@ def format_summary(
     rows: Sequence[Mapping[str, str]], task: str, loss_order: Optional[Sequence[str]] = None
 ) -> str:
     """Plain-text table: one line per loss, the primary metric (mean over seeds) per fraction,
-    and the cost relative to CE."""
+    and the cost relative to the task's baseline."""
     metric = PRIMARY_METRIC[task]
     table = summarise(rows, metric)
     if not table:
         return f"[{task}] no finished runs"
     fractions = sorted({f for by_frac in table.values() for f in by_frac})
-    costs = cost_ratios(rows)
+    costs = cost_ratios(rows, COST_BASELINE[task])
     losses = [x for x in (loss_order or ()) if x in table] + sorted(
         x for x in table if x not in (loss_order or ())
     )
     width = max(len("loss"), *(len(x) for x in losses))
-    head = f"{'loss':<{width}} " + " ".join(f"{f'{f}%':>7}" for f in fractions) + "  cost_vs_ce"
+    cost_head = f"cost_vs_{COST_BASELINE[task]}"
+    head = f"{'loss':<{width}} " + " ".join(f"{f'{f}%':>7}" for f in fractions) + f"  {cost_head}"
     lines = [f"[{task}] {metric} on held-out frames (mean over seeds)", head]
     for loss in losses:
         cells = []
@@ -197,7 +210,7 @@ def format_summary(
             cell = table[loss].get(f)
             cells.append(f"{cell[0]:7.3f}" if cell else f"{'-':>7}")
         cost = costs.get(loss, float("nan"))
-        lines.append(f"{loss:<{width}} " + " ".join(cells) + f"  {cost:10.2f}")
+        lines.append(f"{loss:<{width}} " + " ".join(cells) + f"  {cost:{len(cost_head)}.2f}")
     return "\n".join(lines)
 
 
@@ -205,15 +218,16 @@ def markdown_table(
     rows: Sequence[Mapping[str, str]], task: str, loss_order: Optional[Sequence[str]] = None
 ) -> str:
     """Markdown table: one line per (loss, fraction) with the task's metrics (mean +- std over
-    seeds when there are several), seconds per iteration and the cost relative to CE."""
+    seeds when there are several), seconds per iteration and the cost relative to the task's
+    baseline."""
     metrics = METRIC_COLUMNS[task]
     tables = {m: summarise(rows, m) for m in (*metrics, "sec_per_iter")}
     primary = tables[PRIMARY_METRIC[task]]
-    costs = cost_ratios(rows)
+    costs = cost_ratios(rows, COST_BASELINE[task])
     losses = [x for x in (loss_order or ()) if x in primary] + sorted(
         x for x in primary if x not in (loss_order or ())
     )
-    head = ["loss", "annotated %", "seeds", *metrics, "s/iter", "cost vs ce"]
+    head = ["loss", "annotated %", "seeds", *metrics, "s/iter", f"cost vs {COST_BASELINE[task]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for loss in losses:
         for frac in sorted(primary[loss]):
@@ -255,6 +269,21 @@ def plot_task(
         losses = [x for x in (loss_order or ()) if x in table] + sorted(
             x for x in table if x not in (loss_order or ())
         )
+        if len({f for by_frac in table.values() for f in by_frac}) == 1:
+            # one annotation level (lsr, maxmin): one bar per loss, error bar = +- std
+            cells = [next(iter(table[loss].values())) for loss in losses]
+            ax.bar(
+                range(len(losses)),
+                [c[0] for c in cells],
+                yerr=[c[1] for c in cells],
+                color=[f"C{k}" for k in range(len(losses))],
+                tick_label=losses,
+            )
+            plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+            ax.set_ylabel(metric)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3, axis="y")
+            continue
         for k, loss in enumerate(losses):
             fracs = sorted(table[loss])
             mean = [table[loss][f][0] for f in fracs]
@@ -277,7 +306,8 @@ def plot_task(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="center right")
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="center right")
     fig.suptitle(title or f"{task}: held-out test frames")
     fig.tight_layout(rect=(0, 0, 0.89, 1))
     folder = os.path.dirname(os.path.abspath(out_png))

@@ -28,7 +28,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["SegRunResult", "build_seg_config", "evaluate_segmentor", "train_and_evaluate"]
+__all__ = [
+    "SegRunResult",
+    "apply_profile",
+    "build_runner",
+    "build_seg_config",
+    "close_log_file",
+    "configure_run",
+    "evaluate_segmentor",
+    "sec_per_iter",
+    "train_and_evaluate",
+]
 
 
 @dataclass
@@ -72,7 +82,7 @@ def _set_dataset(dataset: dict, data_root: str, prefix: Dict[str, str]) -> None:
     dataset["seg_map_suffix"] = ".png"
 
 
-def _apply_profile(cfg, profile: Dict[str, Any]) -> None:
+def apply_profile(cfg, profile: Dict[str, Any]) -> None:
     """Quick-mode changes: crop size, batch size, UNet width, optimiser."""
     crop = profile.get("crop")
     if profile.get("native_scale"):
@@ -103,6 +113,39 @@ def _apply_profile(cfg, profile: Dict[str, Any]) -> None:
         cfg.optim_wrapper = dict(type="OptimWrapper", optimizer=dict(profile["optimizer"]))
 
 
+def configure_run(cfg, seed: int, iters: int, work_dir: str, name: str) -> None:
+    """Benchmark-run settings shared by the seg, lsr and maxmin tasks: work dir, seed,
+    single-process loaders, an iteration budget with no validation, schedulers stretched to the
+    budget, no checkpoints, a log line every tenth of the run."""
+    cfg.work_dir = work_dir
+    cfg.experiment_name = name
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    cfg.launcher = "none"
+    cfg.log_level = "INFO"
+    if "visualizer" in cfg:
+        cfg.visualizer["name"] = f"{name}_visualizer"
+
+    for key in ("train_dataloader", "test_dataloader"):
+        cfg[key]["num_workers"] = 0
+        cfg[key]["persistent_workers"] = False
+    # train only; the benchmark scores the test frames itself
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1)
+    cfg.val_cfg = None
+    cfg.val_dataloader = None
+    cfg.val_evaluator = None
+    cfg.test_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
+    for sched in cfg.get("param_scheduler", None) or []:
+        if not sched.get("by_epoch", True) or sched.get("type") == "PolyLR":
+            sched["end"] = iters
+            sched["by_epoch"] = False
+    hooks = cfg.default_hooks
+    hooks["checkpoint"] = dict(type="CheckpointHook", by_epoch=False, interval=-1, save_last=False)
+    hooks["logger"] = dict(
+        type="LoggerHook", interval=max(1, iters // 10), log_metric_by_epoch=False
+    )
+    hooks.pop("visualization", None)
+
+
 def build_seg_config(
     config_path: str,
     data_root: str,
@@ -123,45 +166,19 @@ def build_seg_config(
     cfg = Config.fromfile(config_path)
     if overrides:
         cfg.merge_from_dict(copy.deepcopy(overrides))
-    cfg.work_dir = work_dir
-    cfg.experiment_name = name
-    cfg.randomness = dict(seed=seed, deterministic=False)
-    cfg.launcher = "none"
-    cfg.log_level = "INFO"
-    if "visualizer" in cfg:
-        cfg.visualizer["name"] = f"{name}_visualizer"
-
     train = dict(img_path="images/train", seg_map_path=_label_dir(data_root, fraction))
     test = dict(img_path="images/test", seg_map_path=os.path.join("labels", "full", "test"))
     if os.path.isdir(os.path.join(data_root, "instances", "test")):
         test["inst_path"] = os.path.join("instances", "test")
     _set_dataset(cfg.train_dataloader.dataset, data_root, train)
     _set_dataset(cfg.test_dataloader.dataset, data_root, test)
-    for key in ("train_dataloader", "test_dataloader"):
-        cfg[key]["num_workers"] = 0
-        cfg[key]["persistent_workers"] = False
-    # train only; the benchmark scores the test frames itself
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1)
-    cfg.val_cfg = None
-    cfg.val_dataloader = None
-    cfg.val_evaluator = None
-    cfg.test_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
-    for sched in cfg.get("param_scheduler", None) or []:
-        if not sched.get("by_epoch", True) or sched.get("type") == "PolyLR":
-            sched["end"] = iters
-            sched["by_epoch"] = False
-    hooks = cfg.default_hooks
-    hooks["checkpoint"] = dict(type="CheckpointHook", by_epoch=False, interval=-1, save_last=False)
-    hooks["logger"] = dict(
-        type="LoggerHook", interval=max(1, iters // 10), log_metric_by_epoch=False
-    )
-    hooks.pop("visualization", None)
+    configure_run(cfg, seed, iters, work_dir, name)
     if profile:
-        _apply_profile(cfg, profile)
+        apply_profile(cfg, profile)
     return cfg
 
 
-def _build_runner(cfg, verbose: bool):
+def build_runner(cfg, verbose: bool):
     """``Runner.from_cfg`` with the console limited to errors unless ``verbose`` (the full
     INFO log still goes to the run's work_dir)."""
     from mmengine.runner import Runner
@@ -242,7 +259,15 @@ def evaluate_segmentor(
     return metrics, predictions
 
 
-def _sec_per_iter(runner, seconds: float, iters: int) -> float:
+def close_log_file(runner) -> None:
+    """Close the run's log file (mmengine keeps it open for the process's lifetime)."""
+    for handler in list(runner.logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            runner.logger.removeHandler(handler)
+
+
+def sec_per_iter(runner, seconds: float, iters: int) -> float:
     """Median of mmengine's per-iteration times (IterTimerHook), first iteration left out: the
     median keeps other jobs' bursts on a shared machine from dominating."""
     try:
@@ -265,17 +290,14 @@ def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunR
     with warnings.catch_warnings():
         if not verbose:  # the frameworks' deprecation/advice warnings, once per run
             warnings.simplefilter("ignore", UserWarning)
-        runner = _build_runner(cfg, verbose)
+        runner = build_runner(cfg, verbose)
         start = time.perf_counter()
         runner.train()
         seconds = time.perf_counter() - start
         metrics, predictions = evaluate_segmentor(runner.model, cfg, data_root)
     iters = cfg.train_cfg["max_iters"]
-    for handler in list(runner.logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
-            runner.logger.removeHandler(handler)
-    return SegRunResult(seconds, _sec_per_iter(runner, seconds, iters), metrics, predictions)
+    close_log_file(runner)
+    return SegRunResult(seconds, sec_per_iter(runner, seconds, iters), metrics, predictions)
 
 
 def test_frames(data_root: str) -> List[str]:

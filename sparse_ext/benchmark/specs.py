@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_LOSSES",
     "LOSSES",
     "LossSpec",
+    "NO_FRACTIONS",
     "TASKS",
     "parse_losses",
     "profile_for",
@@ -151,8 +152,29 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
         )
         for name in ("ce", "focal", "ece", "nnpu", "bde")
     },
-    "lsr": {},
-    "maxmin": {},
+    "lsr": {
+        **{
+            f"{name}{suffix}": LossSpec(
+                f"{name}{suffix}",
+                f"mmseg/unet_s5-d16_lsr-{name.replace('_', '-')}_lsr-blocks.py",
+                {"model.decode_head.loss_decode.distance": distance},
+                f"LSR {name.replace('_', '+')}-instance, {distance} distance",
+            )
+            for suffix, distance in (("", "eq5"), ("_gauss", "gaussian"))
+            for name in ("intra", "inter", "intra_inter")
+        },
+        # no config: nothing is trained (sparse_ext.benchmark.lsr.lowres_predictions)
+        "lowres": LossSpec("lowres", "", {}, "low-resolution model with true block labels"),
+    },
+    "maxmin": {
+        name: LossSpec(
+            name,
+            "mmseg/maxmin_unet_r18_eem.py",
+            {"model.regularizer": regularizer},
+            f"max-min, regulariser {regularizer}",
+        )
+        for name, regularizer in (("eem", "eem"), ("sem", "sem"), ("none", None))
+    },
 }
 DEFAULT_LOSSES = {
     "seg": (
@@ -168,9 +190,20 @@ DEFAULT_LOSSES = {
         "ce_sampled",
     ),
     "det": ("ce", "focal", "ece", "nnpu", "bde"),
-    "lsr": (),
-    "maxmin": (),
+    "lsr": (
+        "intra",
+        "inter",
+        "intra_inter",
+        "intra_gauss",
+        "inter_gauss",
+        "intra_inter_gauss",
+        "lowres",
+    ),
+    "maxmin": ("eem", "sem", "none"),
 }
+# Tasks whose labels are not a fraction of annotated nuclei (block / image labels for every
+# block / image): their runs use fraction 100 only.
+NO_FRACTIONS = ("lsr", "maxmin")
 
 # Run profiles. Quick: minutes per run on 2 CPU cores. Full: the configs as written (GPU).
 PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
@@ -183,25 +216,52 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
             optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
             iters=300,
         ),
-        # the R50-FPN recipe configs, one per loss (configs/detectron2/faster_rcnn_R_50_FPN_*.yaml)
-        "full": dict(iters=20000, recipe_configs=True),
+        "full": dict(iters=20000),
     },
     "det": {
-        # the tiny CPU Faster R-CNN (ResNet-18, 32-channel FPN) at the frames' native size
+        # the tiny CPU Faster R-CNN (ResNet-18, 32-channel FPN, random init) at the frames'
+        # native scale: 256 px random crops for training, whole frames for testing
         "quick": dict(
-            iters=100,
+            iters=400,
             opts={
                 "INPUT.MIN_SIZE_TRAIN": "(700,)",
                 "INPUT.MAX_SIZE_TRAIN": 1100,
                 "INPUT.MIN_SIZE_TEST": 700,
                 "INPUT.MAX_SIZE_TEST": 1100,
-                "SOLVER.IMS_PER_BATCH": 2,
+                "INPUT.CROP.ENABLED": True,
+                "INPUT.CROP.TYPE": "absolute",
+                "INPUT.CROP.SIZE": "(256, 256)",
+                "SOLVER.IMS_PER_BATCH": 4,
             },
         ),
-        "full": dict(iters=20000),
+        # the R50-FPN recipe configs, one per loss (configs/detectron2/faster_rcnn_R_50_FPN_*.yaml)
+        "full": dict(iters=20000, recipe_configs=True),
     },
-    "lsr": {"quick": dict(iters=200), "full": dict(iters=20000)},
-    "maxmin": {"quick": dict(iters=200), "full": dict(iters=20000)},
+    # blocks of 32 px (about one nucleus at HeLa's scale), 10 bins of nucleus fraction,
+    # masked scores within 8 px of the reference boundaries; 2 groups of 10 blocks per batch
+    "lsr": {
+        "quick": dict(
+            iters=400,
+            block=32,
+            bins=10,
+            band_width=8,
+            unet_base_channels=16,
+            optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
+        ),
+        "full": dict(iters=20000, block=32, bins=10, band_width=8),
+    },
+    # 64 px tiles, positive from 10 % nucleus pixels; a narrow UNet and ResNet-18
+    "maxmin": {
+        "quick": dict(
+            iters=300,
+            crop=64,
+            positive_min=0.1,
+            unet_base_channels=16,
+            batch_size=8,
+            optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
+        ),
+        "full": dict(iters=20000, crop=128, positive_min=0.1),
+    },
 }
 
 

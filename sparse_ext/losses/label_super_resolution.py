@@ -12,7 +12,19 @@ and each statistic is matched to the table by the distance of Eq. 5 / Eq. 9,
     D = 0.5 * sigma2 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2)^2 + 0.5 * log(2 pi (sigma2 + floor))
 
 (alpha: the paper's Appendix A scaling of rho; floor: the 0.03 both public reference codes add
-inside the log so that it stays bounded).
+inside the log so that it stays bounded). This is ``distance="eq5"``, the default.
+
+Eq. 5/9 has a degenerate minimiser: at sigma2 = 0 the mean term vanishes whatever mu is, and the
+log term is smallest there, so a network that predicts the same saturated map for every block
+(sigma2 -> 0) reaches the global minimum 0.5 * log(2 pi floor) without matching any mean. On the
+HeLa LSR benchmark (docs/benchmarks) every Eq. 5/9 run ends there. ``distance="gaussian"`` is the
+negative log-likelihood of the table's mean under the predicted count distribution widened by the
+table's spread, -log N(eta; mu, (alpha*rho)^2 + sigma2), the Gaussian form of the original LSR
+networks (Malkin et al., ICLR 2019) that seed 004 extends:
+
+    D = 0.5 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2) + 0.5 * log(2 pi ((alpha * rho)^2 + sigma2 + floor))
+
+whose mean term grows as sigma2 shrinks, so a collapsed prediction pays for every missed mean.
 
 - ``"intra"`` (Eq. 5): every block matches (mu_k, sigma2_k) on its own; a (l, z) group's distance
   is the mean of its blocks' distances.
@@ -39,13 +51,20 @@ from sparse_ext.losses._checks import check_choice
 __all__ = ["LabelSuperResolutionLoss", "load_lsr_table", "lsr_loss"]
 
 MODES = ("intra", "inter", "intra_inter")
+DISTANCES = ("eq5", "gaussian")
 _TINY = 1e-12  # keeps D finite where rho = 0 and sigma2 = 0 (a table cell from a single block)
 
 
 def _distance(
-    mu: Tensor, sigma2: Tensor, eta: Tensor, rho: Tensor, variance_floor: float
+    mu: Tensor, sigma2: Tensor, eta: Tensor, rho: Tensor, variance_floor: float, kind: str
 ) -> Tensor:
-    """Eq. 5 / Eq. 9 with the log's variance floor."""
+    """Eq. 5 / Eq. 9 (``"eq5"``) or the Gaussian likelihood form (``"gaussian"``), each with the
+    log's variance floor (see the module docstring)."""
+    if kind == "gaussian":
+        variance = rho.square() + sigma2
+        return 0.5 * (eta - mu).square() / variance.clamp_min(_TINY) + 0.5 * torch.log(
+            2 * math.pi * (variance + variance_floor)
+        )
     denominator = (rho.square() + sigma2).square().clamp_min(_TINY)
     return 0.5 * sigma2 * (eta - mu).square() / denominator + 0.5 * torch.log(
         2 * math.pi * (sigma2 + variance_floor)
@@ -78,6 +97,7 @@ def lsr_loss(
     alpha: float = 1.0,
     variance_floor: float = 0.03,
     valid_mask: Optional[Tensor] = None,
+    distance: str = "eq5",
 ) -> Tensor:
     """LSR statistics-matching loss (see the module docstring).
 
@@ -90,11 +110,13 @@ def lsr_loss(
         variance_floor: added to the variance inside the log.
         valid_mask: optional (N, H, W) bool, the pixels that belong to the block (padding and
             non-tissue excluded); blocks without a valid pixel are left out.
+        distance: ``"eq5"`` (Eq. 5/9 as published) or ``"gaussian"`` (no collapsed minimum).
 
     Returns a float32 scalar (float64 for float64 logits); a batch without any valid block gives a
     zero that keeps a ``grad_fn``.
     """
     check_choice("mode", mode, MODES)
+    check_choice("distance", distance, DISTANCES)
     if logits.dim() != 4:
         raise ValueError(f"logits must be (N, L, H, W), got {tuple(logits.shape)}")
     n, num_classes = logits.shape[:2]
@@ -147,14 +169,14 @@ def lsr_loss(
     size.index_add_(0, group, torch.ones_like(mu))
     present = size > 0
     if mode == "intra":
-        per_block = _distance(mu, sigma2, eta[group], rho[group], variance_floor)
+        per_block = _distance(mu, sigma2, eta[group], rho[group], variance_floor, distance)
         return group_mean(per_block)[present].mean()
     mean_mu = group_mean(mu)
     if mode == "inter":
         variance = group_mean((mu - mean_mu[group]).square())
     else:
         variance = (group_mean(sigma2) + group_mean(mu.square()) - mean_mu.square()).clamp_min(0)
-    per_group = _distance(mean_mu, variance, eta, rho, variance_floor)
+    per_group = _distance(mean_mu, variance, eta, rho, variance_floor, distance)
     return per_group[present].mean()
 
 
@@ -198,6 +220,7 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: str = "intra_inter",
         alpha: float = 1.0,
         variance_floor: float = 0.03,
+        distance: str = "eq5",
     ) -> None:
         super().__init__()
         if isinstance(eta, (str, Path)):
@@ -209,6 +232,7 @@ class LabelSuperResolutionLoss(nn.Module):
         else:
             self.classes = [str(i) for i in range(len(eta))]
         self.mode = check_choice("mode", mode, MODES)
+        self.distance = check_choice("distance", distance, DISTANCES)
         self.alpha = float(alpha)
         self.variance_floor = float(variance_floor)
         self.register_buffer("eta", torch.as_tensor(eta, dtype=torch.float32))
@@ -226,7 +250,11 @@ class LabelSuperResolutionLoss(nn.Module):
             alpha=self.alpha,
             variance_floor=self.variance_floor,
             valid_mask=valid_mask,
+            distance=self.distance,
         )
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, alpha={self.alpha}, table={tuple(self.eta.shape)}"
+        return (
+            f"mode={self.mode!r}, distance={self.distance!r}, alpha={self.alpha}, "
+            f"table={tuple(self.eta.shape)}"
+        )

@@ -295,6 +295,8 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: "intra", "inter" or "intra_inter".
         alpha: scale of rho (Appendix A).
         variance_floor: keeps the log term bounded (both reference codes use 0.03).
+        distance: "eq5" (Eq. 5/9 as published) or "gaussian" (no collapsed minimum; see
+            :mod:`sparse_ext.losses.label_super_resolution`).
         highres_weight: weight of the high-res CE term; 0 disables it.
         loss_weight: weight of the loss.
         loss_name: name of the loss item (``loss_`` prefix).
@@ -306,6 +308,7 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: str = "intra_inter",
         alpha: float = 1.0,
         variance_floor: float = 0.03,
+        distance: str = "eq5",
         highres_weight: float = 0.0,
         loss_weight: float = 1.0,
         loss_name: str = "loss_lsr",
@@ -313,6 +316,9 @@ class LabelSuperResolutionLoss(nn.Module):
         super().__init__()
         if mode not in ("intra", "inter", "intra_inter"):
             raise ValueError(f"mode must be 'intra', 'inter' or 'intra_inter', got {mode!r}")
+        if distance not in ("eq5", "gaussian"):
+            raise ValueError(f"distance must be 'eq5' or 'gaussian', got {distance!r}")
+        self.distance = distance
         eta, rho, self.classes = _table_tensors(table)
         self.register_buffer("eta", eta, persistent=False)
         self.register_buffer("rho", rho, persistent=False)
@@ -380,6 +386,7 @@ class LabelSuperResolutionLoss(nn.Module):
             alpha=self.alpha,
             variance_floor=self.variance_floor,
             valid_mask=valid[keep],
+            distance=self.distance,
         )
         if self.highres_weight > 0:
             _, _, pixel = decode_block_label_map(label)

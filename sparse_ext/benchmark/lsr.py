@@ -1,0 +1,205 @@
+"""Label super-resolution runs: block labels from the nucleus masks, MMSeg UNet, full test frames.
+
+Seed 004 (Zhao, Hou et al.) trains from one low-resolution label per image block plus the table
+of (eta, rho) = mean and standard deviation of each class's pixel fraction per label. Here the
+blocks and labels come from ``make_lsr_blocks`` on the training frames of a ``sparse-ext data
+fetch`` dataset with the exhaustive nucleus masks: z = the block's nucleus fraction quantised into
+``bins`` bins, the table by mask estimation (Appendix B.2); the masks are used for nothing else.
+Each run trains ``configs/mmseg/unet_s5-d16_lsr-*_lsr-blocks.py`` (the loss is the only difference)
+and predicts the full held-out test frames. Scores: foreground Dice/IoU (pixels pooled over the
+frames) and masked Dice/IoU, the same restricted to pixels within ``band_width`` of the reference
+nucleus boundaries (seed 004 Sec. 3.2.2: where super-resolution has to place the boundary).
+
+``lowres`` is the paper's "low resolution model" with a perfect block classifier: every test block
+gets its true label z (from the reference mask) and all its pixels the class the table says is in
+the majority for z (nucleus iff eta[nucleus][z] >= 0.5). It trains nothing: it is what block
+labels alone can give.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import time
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+__all__ = [
+    "build_lsr_config",
+    "lowres_predictions",
+    "prepare_lsr_blocks",
+    "score_lsr",
+    "train_and_evaluate_lsr",
+]
+
+NUCLEUS = 1
+
+
+def prepare_lsr_blocks(data_root: str, cache: str, block: int, bins: int) -> str:
+    """Blocks, labels and table of the training frames under ``cache`` (built once); returns the
+    LSR data root (``<cache>/train/{blocks,masks,block_labels.csv,table.json}``)."""
+    from sparse_ext.data.lsr_blocks import make_lsr_blocks
+
+    root = os.path.abspath(os.path.join(cache, f"lsr_b{block}_z{bins}"))
+    if os.path.isfile(os.path.join(root, "train", "table.json")):
+        return root
+    tmp = root + ".partial"
+    if os.path.isdir(tmp):
+        import shutil
+
+        shutil.rmtree(tmp)
+    make_lsr_blocks(
+        os.path.join(data_root, "images", "train"),
+        os.path.join(data_root, "labels", "full", "train"),
+        os.path.join(tmp, "train"),
+        block=block,
+        bins=bins,
+        verbose=False,
+    )
+    os.replace(tmp, root)
+    return root
+
+
+def _test_dataset(data_root: str) -> Dict[str, Any]:
+    """The exhaustively labelled test frames (PartialNucleiDataset), as in the seg benchmark."""
+    return dict(
+        type="PartialNucleiDataset",
+        data_root=data_root,
+        data_prefix=dict(
+            img_path="images/test", seg_map_path="labels/full/test", inst_path="instances/test"
+        ),
+        img_suffix=".png",
+        seg_map_suffix=".png",
+        pipeline=[
+            dict(type="LoadImageFromFile"),
+            dict(type="LoadAnnotations"),
+            dict(type="PackSegInputs"),
+        ],
+    )
+
+
+def build_lsr_config(
+    config_path: str,
+    data_root: str,
+    lsr_root: str,
+    seed: int,
+    iters: int,
+    work_dir: str,
+    *,
+    profile: Optional[Dict[str, Any]] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+    name: str = "run",
+):
+    """The run's Config: an LSR config pointed at the blocks of ``lsr_root`` (and its table),
+    tested on the full test frames of ``data_root``."""
+    from mmengine.config import Config
+
+    from sparse_ext.benchmark.seg import apply_profile, configure_run
+
+    cfg = Config.fromfile(config_path)
+    if overrides:
+        cfg.merge_from_dict(copy.deepcopy(overrides))
+    table = os.path.join(lsr_root, "train", "table.json")
+    train = cfg.train_dataloader.dataset
+    train.data_root = lsr_root
+    train.table_file = table
+    for head in (cfg.model.decode_head, cfg.model.get("auxiliary_head")):
+        if head and head.get("loss_decode", {}).get("type") == "LabelSuperResolutionLoss":
+            head.loss_decode.table = table
+    cfg.test_dataloader.dataset = _test_dataset(data_root)
+    configure_run(cfg, seed, iters, work_dir, name)
+    if profile:
+        apply_profile(cfg, profile)
+    return cfg
+
+
+def score_lsr(
+    predictions: Mapping[str, np.ndarray], data_root: str, band_width: float
+) -> Dict[str, float]:
+    """Foreground Dice/IoU and masked Dice/IoU (within ``band_width`` px of the reference
+    boundaries), pixels pooled over the test frames."""
+    from sparse_ext.data.io import read_image
+    from sparse_ext.metrics import binary_confusion, boundary_band
+
+    full = np.zeros(3, dtype=np.int64)
+    band = np.zeros(3, dtype=np.int64)
+    for stem, pred in predictions.items():
+        gt = read_image(os.path.join(data_root, "labels", "full", "test", stem + ".png"))
+        full += binary_confusion(gt, pred)[:3]
+        band += binary_confusion(gt, pred, valid=boundary_band(gt, band_width))[:3]
+
+    def _scores(tp: int, fp: int, fn: int) -> tuple:
+        return (
+            2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+            tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        )
+
+    dice, iou = _scores(*full)
+    mdice, miou = _scores(*band)
+    return dict(dice=dice, iou=iou, masked_dice=mdice, masked_iou=miou)
+
+
+def lowres_predictions(data_root: str, table_file: str, block: int) -> Dict[str, np.ndarray]:
+    """The block-level prediction with true block labels (see the module docstring)."""
+    from sparse_ext.data.io import read_image
+    from sparse_ext.data.lsr_blocks import quantise_fraction
+    from sparse_ext.losses.label_super_resolution import load_lsr_table
+
+    eta, _, _ = load_lsr_table(table_file)
+    majority = np.asarray(eta)[NUCLEUS] >= 0.5  # (bins,)
+    bins = majority.shape[0]
+    out: Dict[str, np.ndarray] = {}
+    for path in sorted(glob.glob(os.path.join(data_root, "labels", "full", "test", "*.png"))):
+        gt = read_image(path) == NUCLEUS
+        pred = np.zeros(gt.shape, dtype=np.int64)
+        for y in range(0, gt.shape[0], block):
+            for x in range(0, gt.shape[1], block):
+                cell = gt[y : y + block, x : x + block]  # edge blocks may be smaller
+                z = int(quantise_fraction(np.array(cell.sum()), cell.size, bins))
+                pred[y : y + block, x : x + block] = int(majority[z])
+        out[os.path.splitext(os.path.basename(path))[0]] = pred
+    if not out:
+        raise FileNotFoundError(f"no test labels under {data_root}/labels/full/test")
+    return out
+
+
+def train_and_evaluate_lsr(
+    spec,
+    data_root: str,
+    seed: int,
+    iters: int,
+    work_dir: str,
+    *,
+    profile: Dict[str, Any],
+    verbose: bool = False,
+) -> Dict[str, Any]:
+    """One LSR run (or the ``lowres`` baseline when the spec has no config); the CSV row."""
+    from sparse_ext.benchmark.seg import train_and_evaluate
+
+    profile = dict(profile)
+    block, bins = int(profile.pop("block")), int(profile.pop("bins"))
+    band_width = float(profile.pop("band_width"))
+    lsr_root = prepare_lsr_blocks(
+        data_root, os.path.join(os.path.dirname(work_dir), "_data"), block, bins
+    )
+    if not spec.config:
+        start = time.perf_counter()
+        preds = lowres_predictions(data_root, os.path.join(lsr_root, "train", "table.json"), block)
+        metrics = score_lsr(preds, data_root, band_width)
+        return dict(seconds=time.perf_counter() - start, sec_per_iter=float("nan"), **metrics)
+    cfg = build_lsr_config(
+        spec.config_path,
+        data_root,
+        lsr_root,
+        seed,
+        iters,
+        work_dir,
+        profile=profile,
+        overrides=spec.overrides,
+        name=os.path.basename(work_dir),
+    )
+    result = train_and_evaluate(cfg, data_root, verbose=verbose)
+    metrics = score_lsr(result.predictions, data_root, band_width)
+    return dict(seconds=result.seconds, sec_per_iter=result.sec_per_iter, **metrics)
