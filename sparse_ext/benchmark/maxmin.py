@@ -17,8 +17,6 @@ import copy
 import csv
 import glob
 import os
-import time
-import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -119,7 +117,7 @@ def train_and_evaluate_maxmin(
     verbose: bool = False,
 ) -> Dict[str, Any]:
     """Train one max-min run with ``Runner.train()``, score it with ``Runner.test()``."""
-    from sparse_ext.benchmark.seg import build_runner, close_log_file, sec_per_iter
+    from sparse_ext.benchmark.seg import train_then
 
     profile = dict(profile)
     crop, positive_min = int(profile.pop("crop")), float(profile.pop("positive_min"))
@@ -136,19 +134,10 @@ def train_and_evaluate_maxmin(
         overrides=spec.overrides,
         name=os.path.basename(work_dir),
     )
-    os.makedirs(work_dir, exist_ok=True)
-    with warnings.catch_warnings():
-        if not verbose:
-            warnings.simplefilter("ignore", UserWarning)
-        runner = build_runner(cfg, verbose)
-        start = time.perf_counter()
-        runner.train()
-        seconds = time.perf_counter() - start
-        metrics = runner.test()
-    close_log_file(runner)
+    metrics, seconds, per_iter = train_then(cfg, lambda runner: runner.test(), verbose=verbose)
     return dict(
         seconds=seconds,
-        sec_per_iter=sec_per_iter(runner, seconds, iters),
+        sec_per_iter=per_iter,
         f1_plus=float(metrics["maxmin/F1+"]),
         f1_minus=float(metrics["maxmin/F1-"]),
         cls_error=float(metrics["maxmin/ClsError"]),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import glob
 import io
 import logging
 import os
@@ -24,19 +23,19 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 __all__ = [
     "SegRunResult",
     "apply_profile",
-    "build_runner",
     "build_seg_config",
-    "close_log_file",
     "configure_run",
     "evaluate_segmentor",
-    "sec_per_iter",
+    "train_then",
     "train_and_evaluate",
 ]
 
@@ -178,7 +177,7 @@ def build_seg_config(
     return cfg
 
 
-def build_runner(cfg, verbose: bool):
+def _build_runner(cfg, verbose: bool):
     """``Runner.from_cfg`` with the console limited to errors unless ``verbose`` (the full
     INFO log still goes to the run's work_dir)."""
     from mmengine.runner import Runner
@@ -259,15 +258,7 @@ def evaluate_segmentor(
     return metrics, predictions
 
 
-def close_log_file(runner) -> None:
-    """Close the run's log file (mmengine keeps it open for the process's lifetime)."""
-    for handler in list(runner.logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
-            runner.logger.removeHandler(handler)
-
-
-def sec_per_iter(runner, seconds: float, iters: int) -> float:
+def _sec_per_iter(runner, seconds: float, iters: int) -> float:
     """Median of mmengine's per-iteration times (IterTimerHook), first iteration left out: the
     median keeps other jobs' bursts on a shared machine from dominating."""
     try:
@@ -281,8 +272,9 @@ def sec_per_iter(runner, seconds: float, iters: int) -> float:
     return seconds / max(iters, 1)
 
 
-def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunResult:
-    """Train ``cfg`` with ``Runner.from_cfg(cfg).train()`` and score the test frames."""
+def train_then(cfg, after: Callable[[Any], T], *, verbose: bool = False) -> Tuple[T, float, float]:
+    """Train ``cfg`` with ``Runner.from_cfg(cfg).train()``, then call ``after(runner)`` (scoring);
+    returns its result, the training seconds and the seconds per iteration."""
     # sparse_ext.mmseg is imported by the configs' custom_imports; the peer loss is ours
     import sparse_ext.benchmark.reference_ece  # noqa: F401
 
@@ -290,15 +282,21 @@ def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunR
     with warnings.catch_warnings():
         if not verbose:  # the frameworks' deprecation/advice warnings, once per run
             warnings.simplefilter("ignore", UserWarning)
-        runner = build_runner(cfg, verbose)
+        runner = _build_runner(cfg, verbose)
         start = time.perf_counter()
         runner.train()
         seconds = time.perf_counter() - start
-        metrics, predictions = evaluate_segmentor(runner.model, cfg, data_root)
-    iters = cfg.train_cfg["max_iters"]
-    close_log_file(runner)
-    return SegRunResult(seconds, sec_per_iter(runner, seconds, iters), metrics, predictions)
+        result = after(runner)
+    for handler in list(runner.logger.handlers):  # mmengine keeps the log file open otherwise
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            runner.logger.removeHandler(handler)
+    return result, seconds, _sec_per_iter(runner, seconds, cfg.train_cfg["max_iters"])
 
 
-def test_frames(data_root: str) -> List[str]:
-    return sorted(glob.glob(os.path.join(data_root, "images", "test", "*.png")))
+def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunResult:
+    """Train ``cfg`` and score the test frames with :func:`evaluate_segmentor`."""
+    (metrics, predictions), seconds, per_iter = train_then(
+        cfg, lambda runner: evaluate_segmentor(runner.model, cfg, data_root), verbose=verbose
+    )
+    return SegRunResult(seconds, per_iter, metrics, predictions)
