@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import shutil
 import time
 from typing import Any, Dict, Mapping, Optional
 
@@ -47,8 +48,6 @@ def prepare_lsr_blocks(data_root: str, cache: str, block: int, bins: int) -> str
         return root
     tmp = root + ".partial"
     if os.path.isdir(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
     make_lsr_blocks(
         os.path.join(data_root, "images", "train"),

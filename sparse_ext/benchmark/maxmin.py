@@ -17,6 +17,7 @@ import copy
 import csv
 import glob
 import os
+import shutil
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -37,8 +38,6 @@ def prepare_maxmin_tiles(
         return root
     tmp = root + ".partial"
     if os.path.isdir(tmp):
-        import shutil
-
         shutil.rmtree(tmp)
     for split in splits:
         rows = []

@@ -5,7 +5,9 @@ FocalLoss config, sparse_ext's ECE config (the schedule picked by name through a
 ECE+focal, nnPU, and the reference ``ece-loss`` package's loss (``BenchmarkReferenceECELoss``)
 swapped into the CE config as an external peer. ``--quick`` profiles: small random crops, a
 narrow UNet (base_channels 16), training at the frames' native scale, AdamW (lr 1e-3 with the
-config's poly decay); full mode keeps the config's model, pipeline and optimiser.
+config's poly decay); full mode keeps the config's model, pipeline and optimiser. LSR runs the
+``unet_s5-d16_lsr-*`` configs with the published (``eq5``) or the Gaussian distance, plus the
+untrained ``lowres`` baseline; max-min runs ``maxmin_unet_r18_eem.py`` with each regulariser.
 """
 
 from __future__ import annotations
