@@ -119,6 +119,7 @@ def score_lsr(
 ) -> Dict[str, float]:
     """Foreground Dice/IoU and masked Dice/IoU (within ``band_width`` px of the reference
     boundaries), pixels pooled over the test frames."""
+    from sparse_ext.benchmark.seg import pooled_dice_iou
     from sparse_ext.data.io import read_image
     from sparse_ext.metrics import binary_confusion, boundary_band
 
@@ -129,15 +130,9 @@ def score_lsr(
         full += binary_confusion(gt, pred)[:3]
         band += binary_confusion(gt, pred, valid=boundary_band(gt, band_width))[:3]
 
-    def _scores(tp: int, fp: int, fn: int) -> tuple:
-        return (
-            2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
-            tp / (tp + fp + fn) if tp + fp + fn else 1.0,
-        )
-
-    dice, iou = _scores(*full)
-    mdice, miou = _scores(*band)
-    return dict(dice=dice, iou=iou, masked_dice=mdice, masked_iou=miou)
+    scores = pooled_dice_iou(*full)
+    masked = pooled_dice_iou(*band)
+    return dict(**scores, masked_dice=masked["dice"], masked_iou=masked["iou"])
 
 
 def lowres_predictions(data_root: str, table_file: str, block: int) -> Dict[str, np.ndarray]:

@@ -35,6 +35,7 @@ __all__ = [
     "build_seg_config",
     "configure_run",
     "evaluate_segmentor",
+    "pooled_dice_iou",
     "train_then",
     "train_and_evaluate",
 ]
@@ -199,6 +200,12 @@ def _read_instances(path: str) -> np.ndarray:
     return np.asarray(tifffile.imread(path)).astype(np.int64)
 
 
+def pooled_dice_iou(tp: int, fp: int, fn: int) -> Dict[str, float]:
+    """Foreground Dice and IoU of pixel counts pooled over frames (1.0 when both are empty)."""
+    union = tp + fp + fn
+    return {"dice": 2 * tp / (tp + union) if union else 1.0, "iou": tp / union if union else 1.0}
+
+
 def evaluate_segmentor(
     model, cfg, data_root: str
 ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
@@ -246,10 +253,8 @@ def evaluate_segmentor(
             inter, union = aji_counts(gt_inst, pred_inst)
             ajis.append(inter / union if union else 1.0)
             objects = objects + object_counts(gt_inst, pred_inst)
-    denom = 2 * tp + fp + fn
     metrics = {
-        "dice": 2 * tp / denom if denom else 1.0,
-        "iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        **pooled_dice_iou(tp, fp, fn),
         "aji": float(np.mean(ajis)),
         "object_f1": objects.f1,
         "object_precision": objects.precision,
