@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import math
 import os
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from sparse_ext.benchmark.results import ResultsTable, cost_ratios, format_summary, summarise
-from sparse_ext.benchmark.specs import parse_losses
+from sparse_ext.benchmark.specs import parse_losses, profile_for
 from sparse_ext.benchmark.synthetic import make_synthetic_nuclei
 
 pytest.importorskip("mmseg")
@@ -273,6 +274,19 @@ def test_det_without_detectron2_skips_cleanly(tmp_path, monkeypatch):
     assert run_benchmark(str(tmp_path), "det", out=str(tmp_path / "o"), log=lines.append) == []
     assert "skipped" in lines[0] and "detectron2" in lines[0]
     assert not os.path.exists(tmp_path / "o" / "det.csv")
+
+
+def test_det_profiles_train_at_native_scale_and_do_not_cap_recall():
+    quick = profile_for("det", quick=True)["opts"]
+    # Detectron2 crops before it resizes: a shorter edge other than the crop's would rescale it
+    crop_h, crop_w = ast.literal_eval(quick["INPUT.CROP.SIZE"])
+    assert ast.literal_eval(quick["INPUT.MIN_SIZE_TRAIN"]) == (min(crop_h, crop_w),)
+    assert quick["INPUT.MAX_SIZE_TRAIN"] == max(crop_h, crop_w)
+    full = profile_for("det", quick=False)
+    assert full["recipe_configs"] and full["opts"]["MODEL.ROI_HEADS.NUM_CLASSES"] == 1
+    for opts in (quick, full["opts"]):  # a test frame holds up to ~200 nuclei
+        assert opts["TEST.DETECTIONS_PER_IMAGE"] >= 300
+        assert opts["MODEL.RPN.POST_NMS_TOPK_TEST"] >= opts["TEST.DETECTIONS_PER_IMAGE"]
 
 
 def test_reference_ece_wrapper_matches_the_package():

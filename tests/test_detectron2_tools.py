@@ -262,3 +262,48 @@ def test_train_net_trains_then_evaluates_only(tmp_path):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics)
     assert metrics["tp"] + metrics["fn"] == 16  # every annotation of the exhaustive test file
     assert "copypaste: Task: bbox" in log and "copypaste: Task: sparse" in log
+
+
+def test_det_benchmark_end_to_end(tmp_path, monkeypatch):
+    """`sparse-ext benchmark --task det`: 2 losses x 1 fraction through tools/train_net.py on
+    COCO files written by the converters; CSV rows carry the metrics; a rerun skips them."""
+    from sparse_ext.benchmark import run_benchmark
+    from sparse_ext.benchmark.synthetic import make_synthetic_nuclei
+    from sparse_ext.data.coco import masks_to_coco
+    from sparse_ext.data.subsample import subsample_coco
+
+    root = make_synthetic_nuclei(
+        str(tmp_path / "data"), size=96, n_frames={"train": 2, "test": 1}, fractions=(100,)
+    )
+    ann = os.path.join(root, "annotations")
+    for split in ("train", "test"):
+        masks_to_coco(
+            os.path.join(root, "images", split),
+            os.path.join(root, "instances", split),
+            os.path.join(ann, f"{split}.json"),
+            verbose=False,
+        )
+    subsample_coco(os.path.join(ann, "train.json"), ann, fractions=(50,), verbose=False)
+    monkeypatch.setenv("SPARSE_EXT_D2_PYTHON", sys.executable)
+    size = {"INPUT.MIN_SIZE_TRAIN": "(96,)", "INPUT.MAX_SIZE_TRAIN": 96, "INPUT.MIN_SIZE_TEST": 96}
+    kwargs = dict(
+        fractions=(50,),
+        losses=["ce", "nnpu"],
+        iters=3,
+        out=str(tmp_path / "out"),
+        work_dirs=str(tmp_path / "work"),
+        profile_overrides={"opts": {**size, "INPUT.MAX_SIZE_TEST": 96, "SOLVER.IMS_PER_BATCH": 2}},
+    )
+    rows = run_benchmark(str(tmp_path / "data"), "det", log=lambda line: None, **kwargs)
+    assert [(r["loss"], r["fraction"], r["status"]) for r in rows] == [
+        ("ce", "50", "ok"),
+        ("nnpu", "50", "ok"),
+    ]
+    for row in rows:
+        for key in ("f1", "precision", "recall"):
+            assert 0.0 <= float(row[key]) <= 1.0, (key, row)
+        assert float(row["sec_per_iter"]) > 0
+    assert os.path.isfile(tmp_path / "out" / "det.png")
+    lines = []
+    run_benchmark(str(tmp_path / "data"), "det", log=lines.append, **kwargs)
+    assert sum("done before" in line for line in lines) == 2, lines

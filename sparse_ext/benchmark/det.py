@@ -23,6 +23,8 @@ from sparse_ext.benchmark.specs import REPO_ROOT, LossSpec
 
 __all__ = ["detectron2_python", "find_coco", "train_and_evaluate_det"]
 
+_LOSS_KEYS = ("SPARSE.ROI_LOSS", "SPARSE.RPN_LOSS")
+
 
 def detectron2_python() -> Optional[str]:
     """The Python interpreter that can import detectron2 (``SPARSE_EXT_D2_PYTHON`` or this one),
@@ -108,10 +110,12 @@ def train_and_evaluate_det(
     ]  # fmt: skip
     config, overrides = spec.config_path, spec.overrides
     if (profile or {}).get("recipe_configs"):
+        # the loss's R50-FPN recipe (its RPN loss included), with the spec's other options
+        roi_loss = overrides.get("MODEL.SPARSE.ROI_LOSS", spec.name)
         config = os.path.join(
-            REPO_ROOT, "configs", "detectron2", f"faster_rcnn_R_50_FPN_{spec.name}.yaml"
+            REPO_ROOT, "configs", "detectron2", f"faster_rcnn_R_50_FPN_{roi_loss}.yaml"
         )
-        overrides = {}
+        overrides = {k: v for k, v in overrides.items() if not k.endswith(_LOSS_KEYS)}
     for key, value in {**(profile or {}).get("opts", {}), **overrides}.items():
         opts += [key, str(value)]
     cmd = [
@@ -122,6 +126,9 @@ def train_and_evaluate_det(
         "--register-coco", "bench_test", test_json, os.path.join(data_root, "images", "test"),
         *opts,
     ]  # fmt: skip
+    metrics_json = os.path.join(work_dir, "metrics.json")
+    if os.path.exists(metrics_json):  # Detectron2 appends: a retried run must not read old records
+        os.remove(metrics_json)
     start = time.perf_counter()
     with open(os.path.join(work_dir, "stdout.log"), "w") as log:
         proc = subprocess.run(
@@ -130,7 +137,7 @@ def train_and_evaluate_det(
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"train_net.py exited with {proc.returncode}; see {work_dir}/stdout.log")
-    metrics = _last_eval(os.path.join(work_dir, "metrics.json"))
+    metrics = _last_eval(metrics_json)
     return dict(
         seconds=seconds,
         sec_per_iter=metrics.get("_time", seconds / max(iters, 1)),
