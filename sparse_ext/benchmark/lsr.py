@@ -170,14 +170,12 @@ def train_and_evaluate_lsr(
     verbose: bool = False,
 ) -> Dict[str, Any]:
     """One LSR run (or the ``lowres`` baseline when the spec has no config); the CSV row."""
-    from sparse_ext.benchmark.seg import train_and_evaluate
+    from sparse_ext.benchmark.seg import derived_data_dir, train_and_evaluate
 
     profile = dict(profile)
     block, bins = int(profile.pop("block")), int(profile.pop("bins"))
     band_width = float(profile.pop("band_width"))
-    lsr_root = prepare_lsr_blocks(
-        data_root, os.path.join(os.path.dirname(work_dir), "_data"), block, bins
-    )
+    lsr_root = prepare_lsr_blocks(data_root, derived_data_dir(work_dir), block, bins)
     if not spec.config:
         start = time.perf_counter()
         preds = lowres_predictions(data_root, os.path.join(lsr_root, "train", "table.json"), block)

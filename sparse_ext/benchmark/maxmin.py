@@ -116,13 +116,11 @@ def train_and_evaluate_maxmin(
     verbose: bool = False,
 ) -> Dict[str, Any]:
     """Train one max-min run with ``Runner.train()``, score it with ``Runner.test()``."""
-    from sparse_ext.benchmark.seg import train_then
+    from sparse_ext.benchmark.seg import derived_data_dir, train_then
 
     profile = dict(profile)
     crop, positive_min = int(profile.pop("crop")), float(profile.pop("positive_min"))
-    tiles = prepare_maxmin_tiles(
-        data_root, os.path.join(os.path.dirname(work_dir), "_data"), crop, positive_min
-    )
+    tiles = prepare_maxmin_tiles(data_root, derived_data_dir(work_dir), crop, positive_min)
     cfg = build_maxmin_config(
         spec.config_path,
         tiles,

@@ -34,6 +34,7 @@ __all__ = [
     "apply_profile",
     "build_seg_config",
     "configure_run",
+    "derived_data_dir",
     "evaluate_segmentor",
     "pooled_dice_iou",
     "train_then",
@@ -192,6 +193,12 @@ def _build_runner(cfg, verbose: bool):
             handler.setStream(sys.stdout)
             handler.setLevel(logging.ERROR)
     return runner
+
+
+def derived_data_dir(work_dir: str) -> str:
+    """Where a task keeps the data it derives from the dataset (LSR blocks, max-min tiles): one
+    folder beside its runs' work dirs, shared by every run of the task."""
+    return os.path.join(os.path.dirname(work_dir), "_data")
 
 
 def _read_instances(path: str) -> np.ndarray:
