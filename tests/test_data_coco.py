@@ -226,16 +226,19 @@ def test_points_to_coco_bad_inputs(tmp_path):
     assert not out.exists()
 
 
-def test_outputs_are_atomic(tmp_path, monkeypatch):
-    """A failing write leaves the previous output intact and no temporary file behind."""
+def test_outputs_are_atomic(tmp_path):
+    """A write failing halfway (the file-size limit: a real EFBIG, no mock) leaves the previous
+    output intact and no temporary file behind."""
+    import resource
+
     target = tmp_path / "x.json"
     data_io.write_json(target, {"old": 1})
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(data_io.json, "dumps", boom)
-    with pytest.raises(RuntimeError):
-        data_io.write_json(target, {"new": 2})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8, hard))
+    try:
+        with pytest.raises(OSError):
+            data_io.write_json(target, {"new": list(range(100))})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert json.loads(target.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -59,7 +59,7 @@ def test_bad_inputs_and_directory_version(tmp_path):
     s = semantic_dir_to_instances(tmp_path / "m", tmp_path / "out", 16, verbose=False)
     assert s.kept == 2 and (tmp_path / "m" / "x.png").read_bytes() == before
     assert tifffile.imread(tmp_path / "out" / "x.tif").max() == 2
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="is the input folder"):
         semantic_dir_to_instances(tmp_path / "m", tmp_path / "m", 16, verbose=False)
     with pytest.raises(FileNotFoundError):
         semantic_dir_to_instances(tmp_path / "nope", tmp_path / "out", 16, verbose=False)

@@ -79,7 +79,7 @@ def test_bad_inputs(tmp_path):
     src.write_text(json.dumps(_coco([[[10, 10, 5, 5]]])))
     with pytest.raises(ValueError, match="overlap"):
         one_per_patch(src, tmp_path / "o.json", 100, 100, verbose=False)
-    with pytest.raises(ValueError, match="overwrite the input"):
+    with pytest.raises(ValueError, match="would replace the input"):
         one_per_patch(src, src, verbose=False)
     coco = _coco([[[1590, 10, 20, 5]]])
     src.write_text(json.dumps(coco))

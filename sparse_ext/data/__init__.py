@@ -7,15 +7,16 @@ Each converter is a function here and a subcommand of ``sparse-ext convert`` (se
 ``points_to_coco``          point annotations -> fixed-size boxes clipped to the image
 ``semantic_to_instances``   binary/semantic mask -> instances (distance-transform watershed)
 ``subsample_coco``          nested sparse variants (10..90 %) + matching sparse label maps
-``one_per_patch``           one annotation per overlapping image patch (seed 002 protocol)
+``one_per_patch``           one annotation per overlapping image patch (Zhao, Pang et al. 2021)
 ``tile_image``              overlapping tiles of large (lazily read) images with annotations
 ``merge_detections``        per-tile detections -> image coordinates, class-wise NMS
 ``make_lsr_blocks``         LSR image blocks, low-res labels and the eta/rho table
 ``fetch_dataset``           real nuclei data (HeLa, BBBC007) via the package registry
 ==========================  ==================================================================
 
-Only numpy, scipy, scikit-image, pycocotools and tifffile are imported here (torch and an NMS
-provider only inside ``merge_detections``).
+Only numpy, scipy, scikit-image, pycocotools, tifffile and tqdm (progress bars) are imported here
+(torch and an NMS provider only inside ``merge_detections``). Outputs never replace inputs and are
+written all or nothing (see :mod:`sparse_ext.data.io`).
 """
 
 from sparse_ext.data.coco import encode_instances, masks_to_coco, points_to_coco

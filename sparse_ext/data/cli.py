@@ -1,4 +1,9 @@
-"""``sparse-ext convert ...`` and ``sparse-ext data fetch ...`` (registered by ``register``)."""
+"""``sparse-ext convert ...`` and ``sparse-ext data fetch ...`` (registered by ``register``).
+
+Every subcommand refuses an output that would replace an input or be written among the inputs
+(one line ``sparse-ext: error: output ... input ...``, exit status 2) and writes its outputs all or
+nothing (see :mod:`sparse_ext.data.io`).
+"""
 
 from __future__ import annotations
 
@@ -92,7 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_clear_errors(_subsample))
 
-    p = conv.add_parser("one-per-patch", help="keep one annotation per image patch (seed 002)")
+    p = conv.add_parser(
+        "one-per-patch", help="keep one annotation per image patch (Zhao, Pang et al., MICCAI 2021)"
+    )
     p.add_argument("in_json")
     p.add_argument("out_json")
     p.add_argument("--patch", type=int, default=500)

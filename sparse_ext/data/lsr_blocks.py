@@ -1,7 +1,7 @@
 """Image blocks, low-resolution block labels and the joint-distribution table for label
 super-resolution (``lsr-blocks``).
 
-Seed 004 (Zhao, Hou et al., "Label super resolution with inter-instance loss"): images are cut into
+Zhao, Hou et al., "Label super resolution with inter-instance loss", arXiv 2019: images are cut into
 blocks (240 x 240 in the paper), each block gets a low-resolution label z (there: a classifier
 probability quantised into 10 bins), and training needs, for each high-resolution class l and label z,
 the mean ``eta[l][z]`` and standard deviation ``rho[l][z]`` of the fraction of class-l pixels over the
@@ -25,16 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sparse_ext.data.io import (
-    PathLike,
-    Progress,
-    Summary,
-    list_images,
-    read_image,
-    write_csv,
-    write_image,
-    write_json,
-)
+from sparse_ext.data.io import OutputSet, PathLike, Summary, list_images, progress, read_image
 
 __all__ = ["block_fractions", "make_lsr_blocks", "quantise_fraction", "read_table_csv"]
 
@@ -181,6 +172,11 @@ def make_lsr_blocks(
         raise ValueError(
             "per_class labels are computed from masks; do not combine with low_res_dir"
         )
+    outputs = OutputSet(
+        [images_dir, masks_dir, low_res_dir, table_csv],
+        files=[out_dir / "block_labels.csv", out_dir / "table.json"],
+        folders=[out_dir / "blocks"] + ([out_dir / "masks"] if masks_dir is not None else []),
+    )
     images = list_images(images_dir, "image")
     masks = list_images(masks_dir, "mask") if masks_dir is not None else None
     lows = list_images(low_res_dir, "low-res map") if low_res_dir is not None else None
@@ -189,24 +185,74 @@ def make_lsr_blocks(
             missing = sorted(set(images) - set(found))
             if missing:
                 raise ValueError(f"images without a {what}: {missing[:10]}")
-    if out_dir.resolve() in {images_dir.resolve()} | (
-        {Path(masks_dir).resolve()} if masks_dir is not None else set()
-    ):
-        raise ValueError("out_dir must differ from the input folders")
     default_std = 1.0 / (bins * math.sqrt(12.0)) if default_std is None else float(default_std)
 
+    with outputs:
+        names, z_all, frac_all, skipped = _cut_blocks(
+            outputs,
+            images,
+            masks,
+            lows,
+            out_dir,
+            block,
+            stride,
+            bins,
+            classes,
+            quantise_class,
+            per_class,
+            verbose,
+        )
+        if not names:
+            raise ValueError(f"no image in {images_dir} is at least {block}x{block} pixels")
+        header = ["block", "z"] if z_all.shape[1] == 1 else ["block"] + [f"z_{c}" for c in classes]
+        rows = [[n, *map(int, zz)] for n, zz in zip(names, z_all)]
+        outputs.write_csv(out_dir / "block_labels.csv", header, rows)
+        table = _build_table(
+            z_all, frac_all, classes, bins, quantise_class, per_class, table_csv, default_std
+        )
+        table.update(block=block, stride=stride, bins=bins, label_columns=header[1:])
+        outputs.write_json(out_dir / "table.json", table, indent=1)
+    hist = np.bincount(z_all[:, 0 if z_all.shape[1] == 1 else quantise_class], minlength=bins)
+    return Summary(
+        "lsr-blocks",
+        images=len(images) - skipped,
+        kept=len(names),
+        dropped=0,
+        outputs=[str(out_dir / "table.json"), str(out_dir / "block_labels.csv")],
+        extra={"blocks per label": hist.tolist(), "images smaller than a block": skipped},
+        unit="blocks",
+    ).report(verbose)
+
+
+def _cut_blocks(
+    outputs: OutputSet,
+    images: Dict[str, Path],
+    masks: Optional[Dict[str, Path]],
+    lows: Optional[Dict[str, Path]],
+    out_dir: Path,
+    block: int,
+    stride: int,
+    bins: int,
+    classes: List[str],
+    quantise_class: int,
+    per_class: bool,
+    verbose: bool,
+) -> Tuple[List[str], np.ndarray, Optional[np.ndarray], int]:
+    """Stage the block (and mask block) files; return block names, labels (N, 1) or (N, L),
+    class fractions (N, L) (None without masks) and the number of images smaller than a block."""
+    L = len(classes)
     names: List[str] = []
     labels: List[np.ndarray] = []  # (n_label_columns,) per block
     fractions: List[np.ndarray] = []  # (L,) per block
     skipped = 0
     npix = block * block
-    progress = Progress("lsr-blocks", len(images), enabled=verbose)
-    for stem, path in images.items():
+    for stem, path in progress(
+        images.items(), "lsr-blocks", total=len(images), verbose=verbose, unit="image"
+    ):
         img = read_image(path)
         h, w = img.shape[:2]
         if h < block or w < block:
             skipped += 1
-            progress.update()
             continue
         mask = None
         if masks is not None:
@@ -235,42 +281,19 @@ def make_lsr_blocks(
             for c in range(grid[1]):
                 name = f"{stem}_r{r}_c{c}.png"
                 y, x = r * stride, c * stride
-                write_image(out_dir / "blocks" / name, img[y : y + block, x : x + block])
+                outputs.write_image(out_dir / "blocks" / name, img[y : y + block, x : x + block])
                 if mask is not None:
-                    write_image(
+                    outputs.write_image(
                         out_dir / "masks" / name,
                         mask[y : y + block, x : x + block].astype(np.uint8),
                     )
                     fractions.append(frac[r, c])
                 names.append(name)
                 labels.append(z[r, c])
-        progress.update()
-    progress.close()
     if not names:
-        raise ValueError(f"no image in {images_dir} is at least {block}x{block} pixels")
+        return names, np.zeros((0, 1), np.int64), None, skipped
     z_all = np.stack(labels).astype(np.int64)  # (N, 1) or (N, L)
-    frac_all = np.stack(fractions) if fractions else None
-
-    header = ["block", "z"] if z_all.shape[1] == 1 else ["block"] + [f"z_{c}" for c in classes]
-    write_csv(
-        out_dir / "block_labels.csv", header, [[n, *map(int, zz)] for n, zz in zip(names, z_all)]
-    )
-
-    table = _build_table(
-        z_all, frac_all, classes, bins, quantise_class, per_class, table_csv, default_std
-    )
-    table.update(block=block, stride=stride, bins=bins, label_columns=header[1:])
-    write_json(out_dir / "table.json", table, indent=1)
-    hist = np.bincount(z_all[:, 0 if z_all.shape[1] == 1 else quantise_class], minlength=bins)
-    return Summary(
-        "lsr-blocks",
-        images=len(images) - skipped,
-        kept=len(names),
-        dropped=0,
-        outputs=[str(out_dir / "table.json"), str(out_dir / "block_labels.csv")],
-        extra={"blocks per label": hist.tolist(), "images smaller than a block": skipped},
-        unit="blocks",
-    ).report(verbose)
+    return names, z_all, (np.stack(fractions) if fractions else None), skipped
 
 
 def _build_table(
@@ -312,13 +335,13 @@ def _build_table(
         for ci in range(L):
             for z in range(bins):
                 sel = label_of(ci) == z
-                if sel.any():  # mask estimation (seed 004, Appendix B.2)
+                if sel.any():  # mask estimation (Zhao, Hou et al., 2019, Appendix B.2)
                     eta[ci, z] = frac_all[sel, ci].mean()
                     rho[ci, z] = frac_all[sel, ci].std()
         single = [(classes[ci], z) for ci in range(L) for z in range(bins) if counts[ci, z] == 1]
         if single:
             notes.append(f"one block only (rho = 0) for (class, z): {single}")
-        source = "mask estimation (seed 004 Appendix B.2)"
+        source = "mask estimation (Zhao, Hou et al., 2019, Appendix B.2)"
     missing = [(classes[ci], z) for ci in range(L) for z in range(bins) if not given[ci, z]]
     eta = np.where(given, eta, fallback_eta)
     rho = np.where(given, rho, default_std)

@@ -1,8 +1,10 @@
-"""One annotation per image patch (``one-per-patch``), the incomplete-annotation protocol of seed 002.
+"""One annotation per image patch (``one-per-patch``), the incomplete-annotation protocol of Zhao,
+Pang, Liu, Ye, "Positive-unlabeled learning for cell detection in histopathology images with
+incomplete annotations", MICCAI 2021.
 
-Zhao et al., MICCAI 2021, Sec. 3.1: images are cropped "into 500x500 patches with an overlap of 100
-pixels horizontally and vertically between adjacent patches ... we randomly deleted the annotations
-until there was only one annotation per image patch".
+Zhao, Pang et al., MICCAI 2021, Sec. 3.1: images are cropped "into 500x500 patches with an overlap
+of 100 pixels horizontally and vertically between adjacent patches ... we randomly deleted the
+annotations until there was only one annotation per image patch".
 
 An annotation belongs to every patch that contains its box centre; with overlapping patches it can
 belong to up to four. Deletion is made well defined as a greedy, seeded selection: every annotation
@@ -21,15 +23,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from sparse_ext.data.io import (
-    PathLike,
-    Progress,
-    Summary,
-    check_out_of_inputs,
-    coco_arrays,
-    load_coco,
-    write_json,
-)
+from sparse_ext.data.io import OutputSet, PathLike, Summary, load_coco_columns, progress
 
 __all__ = [
     "grid_origins",
@@ -133,18 +127,19 @@ def one_per_patch(
     with ``seed``; write the reduced COCO file (``info.sparse_protocol`` records the settings and
     ``info.sparse_fraction`` the fraction kept). See the module docstring for the exact rule."""
     in_json, out_json = Path(in_json), Path(out_json)
-    check_out_of_inputs(out_json, [in_json])
+    outputs = OutputSet([in_json], files=[out_json])
     grid_origins(patch + 1, patch, overlap)  # validates patch/overlap before any work
-    coco = load_coco(in_json)
-    arr = coco_arrays(coco, source=str(in_json))
+    coco, arr = load_coco_columns(in_json)
     centres = arr.bboxes[:, :2] + arr.bboxes[:, 2:] / 2
     priority = np.random.default_rng(seed).permutation(len(arr.ann_ids))
     keep = np.zeros(len(arr.ann_ids), bool)
     order = np.argsort(arr.image_ids, kind="stable")
     sorted_ids = arr.image_ids[order]
     stats = {"patches": 0, "patches with one": 0, "patches left empty": 0}
-    progress = Progress("one-per-patch", len(coco["images"]), enabled=verbose)
-    for im in coco["images"]:
+    images = progress(
+        coco["images"], "one-per-patch", total=len(coco["images"]), verbose=verbose, unit="image"
+    )
+    for im in images:
         lo, hi = np.searchsorted(sorted_ids, [im["id"], im["id"] + 1])
         sel = order[lo:hi]
         ann, cell, n_patch = patch_membership(
@@ -158,8 +153,6 @@ def one_per_patch(
             has_any = np.bincount(cell, minlength=n_patch) > 0
             stats["patches with one"] += int((held == 1).sum())
             stats["patches left empty"] += int(((held == 0) & has_any).sum())
-        progress.update()
-    progress.close()
     n = len(keep)
     out: Dict[str, Any] = {k: v for k, v in coco.items() if k != "annotations"}
     info = dict(coco.get("info") or {})
@@ -170,7 +163,8 @@ def one_per_patch(
     )
     out["info"] = info
     out["annotations"] = [a for a, k in zip(coco["annotations"], keep) if k]
-    write_json(out_json, out)
+    with outputs:
+        outputs.write_json(out_json, out)
     return Summary(
         "one-per-patch",
         images=len(coco["images"]),

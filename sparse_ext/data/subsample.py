@@ -1,35 +1,38 @@
 """Nested sparse variants of an exhaustive COCO file (``subsample``), and matching sparse label maps.
 
-Seed 000 protocol (Panteli et al., ICCV 2021, Sec. 4): annotations are removed at random to keep
+Protocol of Panteli, Teuwen et al., ICCV 2021, Sec. 4: annotations are removed at random to keep
 10 %, 20 %, ..., 90 % of them, and every annotation of a smaller variant is also in every larger one.
 Here each annotation draws one random priority (a single permutation for the given seed); the
 variant at fraction f keeps the ``k = round(n * f / 100)`` annotations of lowest priority, counted
 over the whole file (global) or per image (``per_image``). Nesting and exact counts follow from
 the fixed priority; the selection is a sort, so millions of annotations take a fraction of a second.
+Every annotation is JSON-encoded once (one C-encoder pass) and each variant file is the join of its
+annotations' texts, so writing nine variants costs about one encoding of the input, not nine.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sparse_ext.data.io import (
+    CocoArrays,
+    OutputSet,
     PathLike,
-    Progress,
     Summary,
-    check_out_of_inputs,
-    coco_arrays,
     list_images,
-    load_coco,
+    load_coco_columns,
+    progress,
     read_image,
-    write_image,
-    write_json,
 )
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "encode_each",
     "exact_count",
     "nested_fractions",
     "sparse_label_map",
@@ -115,6 +118,34 @@ def _labels_folder(labels_dir: str, frac: int) -> Path:
     return Path(labels_dir) / f"frac{tag}"
 
 
+def encode_each(items: Sequence[Any]) -> List[str]:
+    """Compact JSON text of every item (as ``json.dumps(item, separators=(",", ":"))``) from one
+    call of the C encoder: the items are dumped as one list with a random separator string between
+    them and the text is split at it. Should the separator occur anywhere else (it cannot, short of
+    guessing a random 128-bit token), the split count shows it and the items are encoded one by
+    one."""
+    n = len(items)
+    if n == 0:
+        return []
+    token = "\x00" + uuid.uuid4().hex  # encoded as "\u0000<hex>": never a raw NUL in the text
+    interleaved: List[Any] = [token] * (2 * n - 1)
+    interleaved[::2] = items
+    text = json.dumps(interleaved, separators=(",", ":"))
+    parts = text[1:-1].split("," + json.dumps(token) + ",")
+    if len(parts) == n:
+        return parts
+    return [json.dumps(item, separators=(",", ":")) for item in items]  # pragma: no cover
+
+
+def _write_variant(path: str, head: Dict[str, Any], encoded: np.ndarray, keep: np.ndarray):
+    """Write ``{**head, "annotations": [...]}`` compactly, the annotations from their texts."""
+    text = json.dumps(head, separators=(",", ":"))
+    with open(path, "w") as f:
+        f.write(text[:-1] + ("," if head else "") + '"annotations":[')
+        f.write(",".join(encoded[keep].tolist()))
+        f.write("]}")
+
+
 def subsample_coco(
     in_json: PathLike,
     out_dir: PathLike,
@@ -130,69 +161,77 @@ def subsample_coco(
 
     Each file is the input with only the kept annotations (same images, categories, ids) and
     ``info`` extended with ``sparse_fraction`` (f / 100), ``sparse_seed``, ``sparse_per_image``,
-    ``sparse_source`` and ``sparse_kept``/``sparse_total``.
+    ``sparse_source`` and ``sparse_kept``/``sparse_total``; its bytes are those of
+    ``json.dumps(variant, separators=(",", ":"))``.
 
     With ``instances_dir`` (instance maps ``<image stem>.tif/png``, the ones the annotations'
     ``instance_id`` refer to, as written by :func:`masks_to_coco`) and ``labels_dir``, also writes
     the matching sparse label maps ``<labels_dir>/frac<NNN>/<stem>.png`` (or ``labels_dir`` with
     ``{frac}`` replaced by NNN): kept instances carry their category id, everything else is 0.
 
+    Nothing is written unless every file could be made (see :class:`OutputSet`); no output may
+    replace ``in_json`` or lie in ``instances_dir``.
+
     Raises:
         FileNotFoundError/KeyError/ValueError: missing or malformed input (offending key named),
-        fractions outside 1..100, annotations without ``instance_id`` when label maps are asked.
+        fractions outside 1..100, annotations without ``instance_id`` when label maps are asked,
+        an output that would replace or lie among the inputs.
     """
     in_json, out_dir = Path(in_json), Path(out_dir)
     fractions = _check_fractions(fractions)
     if (instances_dir is None) != (labels_dir is None):
         raise ValueError("sparse label maps need both instances_dir and labels_dir")
-    coco = load_coco(in_json)
-    arr = coco_arrays(coco, source=str(in_json))
+    json_paths = {f: out_dir / f"{in_json.stem}_frac{f:03d}.json" for f in fractions}
+    label_folders = (
+        [_labels_folder(labels_dir, f) for f in fractions] if labels_dir is not None else []
+    )
+    outputs = OutputSet([in_json, instances_dir], files=json_paths.values(), folders=label_folders)
+    coco, arr = load_coco_columns(in_json)
     level = nested_fractions(arr.image_ids, fractions, seed, per_image=per_image)
     anns = coco["annotations"]
     n = len(anns)
-    outputs = []
-    for f in fractions:
-        out_path = out_dir / f"{in_json.stem}_frac{f:03d}.json"
-        check_out_of_inputs(out_path, [in_json])
-        keep = np.flatnonzero(level <= f)
-        info = dict(coco.get("info") or {})
-        info.update(
-            sparse_fraction=f / 100,
-            sparse_seed=int(seed),
-            sparse_per_image=bool(per_image),
-            sparse_source=in_json.name,
-            sparse_kept=int(len(keep)),
-            sparse_total=int(n),
-        )
-        variant: Dict[str, Any] = {k: v for k, v in coco.items() if k != "annotations"}
-        variant["info"] = info
-        variant["annotations"] = [anns[i] for i in keep]
-        write_json(out_path, variant)
-        outputs.append(str(out_path))
-    if instances_dir is not None:
-        outputs += _write_label_maps(
-            coco, arr, level, fractions, Path(instances_dir), labels_dir, verbose
-        )
+    encoded = np.empty(n, dtype=object)
+    encoded[:] = encode_each(anns)
+    with outputs:
+        for f in fractions:
+            keep = np.flatnonzero(level <= f)
+            info = dict(coco.get("info") or {})
+            info.update(
+                sparse_fraction=f / 100,
+                sparse_seed=int(seed),
+                sparse_per_image=bool(per_image),
+                sparse_source=in_json.name,
+                sparse_kept=int(len(keep)),
+                sparse_total=int(n),
+            )
+            head: Dict[str, Any] = {k: v for k, v in coco.items() if k != "annotations"}
+            head["info"] = info
+            _write_variant(outputs.path(json_paths[f]), head, encoded, keep)
+        if instances_dir is not None:
+            _write_label_maps(
+                outputs, coco, arr, level, fractions, Path(instances_dir), labels_dir, verbose
+            )
     kept = {f: int((level <= f).sum()) for f in fractions}
     return Summary(
         "subsample",
         images=len(coco["images"]),
         kept=kept[fractions[0]],
         dropped=n - kept[fractions[0]],
-        outputs=outputs,
+        outputs=outputs.committed,
         extra={"kept per fraction": ", ".join(f"{f}%: {k}/{n}" for f, k in kept.items())},
     ).report(verbose)
 
 
 def _write_label_maps(
+    outputs: OutputSet,
     coco: Mapping[str, Any],
-    arr,
+    arr: CocoArrays,
     level: np.ndarray,
     fractions: Sequence[int],
     instances_dir: Path,
     labels_dir: str,
     verbose: bool,
-) -> list:
+) -> None:
     anns = coco["annotations"]
     try:
         inst_ids = np.fromiter((a["instance_id"] for a in anns), np.int64, len(anns))
@@ -206,9 +245,14 @@ def _write_label_maps(
     order = np.argsort(arr.image_ids, kind="stable")
     starts = np.searchsorted(arr.image_ids[order], [im["id"] for im in coco["images"]], "left")
     ends = np.searchsorted(arr.image_ids[order], [im["id"] for im in coco["images"]], "right")
-    outputs = []
-    progress = Progress("subsample label maps", len(coco["images"]), enabled=verbose)
-    for im, s, e in zip(coco["images"], starts, ends):
+    items = progress(
+        zip(coco["images"], starts, ends),
+        "subsample label maps",
+        total=len(coco["images"]),
+        verbose=verbose,
+        unit="image",
+    )
+    for im, s, e in items:
         stem = Path(im["file_name"]).stem
         if stem not in instance_files:
             raise FileNotFoundError(f"no instance map for image '{stem}' in {instances_dir}")
@@ -224,9 +268,4 @@ def _write_label_maps(
         for f in fractions:
             k = sel[level[sel] <= f]
             label = sparse_label_map(inst, inst_ids[k], arr.category_ids[k])
-            path = _labels_folder(labels_dir, f) / f"{stem}.png"
-            write_image(path, label)
-            outputs.append(str(path))
-        progress.update()
-    progress.close()
-    return outputs
+            outputs.write_image(_labels_folder(labels_dir, f) / f"{stem}.png", label)

@@ -7,8 +7,7 @@ is memory-mapped), annotations are assigned to tiles by index arithmetic on the 
 tile x box loop). PNG/JPEG cannot be read partially and are loaded whole. ``tiffslide`` is used
 when asked for (``backend="tiffslide"``) and installed; it is not a dependency.
 
-Seed 002 (Zhao et al., MICCAI 2021, Sec. 3.1): "we generated prediction boxes for each 500x500
-patch, mapped the coordinates of these boxes back into the image, and performed non-maximum
+Zhao, Pang et al., MICCAI 2021, Sec. 3.1: "we generated prediction boxes for each 500x500 patch, mapped the coordinates of these boxes back into the image, and performed non-maximum
 suppression to merge duplicate bounding boxes."
 """
 
@@ -24,16 +23,13 @@ from sparse_ext.data.coco import encode_instances
 from sparse_ext.data.io import (
     IMAGE_EXTENSIONS,
     TIFF_EXTENSIONS,
+    OutputSet,
     PathLike,
-    Progress,
     Summary,
-    check_out_of_inputs,
-    coco_arrays,
     list_images,
-    load_coco,
+    load_coco_columns,
+    progress,
     read_image,
-    write_image,
-    write_json,
 )
 from sparse_ext.data.patches import grid_origins, grid_pairs
 
@@ -238,8 +234,11 @@ def tile_image(
         sources = {images.stem: images}
     else:
         raise FileNotFoundError(f"image or folder not found: {images}")
-    if out_dir.resolve() == (images if images.is_dir() else images.parent).resolve():
-        raise ValueError("out_dir must differ from the input folder (inputs are never modified)")
+    outputs = OutputSet(
+        [images, masks, coco_json],
+        files=[out_dir / "tiles.json"],
+        folders=[out_dir / "images"] + ([out_dir / "masks"] if masks is not None else []),
+    )
     mask_files: Dict[str, Path] = {}
     if masks is not None:
         masks = Path(masks)
@@ -247,14 +246,47 @@ def tile_image(
         missing = sorted(set(sources) - set(mask_files))
         if missing:
             raise ValueError(f"images without an instance mask: {missing[:10]}")
-    coco = load_coco(coco_json) if coco_json is not None else None
-    arrays = coco_arrays(coco, source=str(coco_json)) if coco is not None else None
+    coco, arrays = load_coco_columns(coco_json) if coco_json is not None else (None, None)
+    with outputs:
+        summary = _tile_slides(
+            outputs,
+            sources,
+            mask_files,
+            coco,
+            arrays,
+            out_dir=out_dir,
+            description=f"tiles of {images}",
+            tile=tile,
+            overlap=overlap,
+            min_visible=min_visible,
+            ext=ext,
+            backend=backend,
+            verbose=verbose,
+        )
+    return summary.report(verbose)
 
+
+def _tile_slides(
+    outputs: OutputSet,
+    sources: Dict[str, Path],
+    mask_files: Dict[str, Path],
+    coco: Optional[Dict[str, Any]],
+    arrays,
+    *,
+    out_dir: Path,
+    description: str,
+    tile: int,
+    overlap: int,
+    min_visible: float,
+    ext: str,
+    backend: str,
+    verbose: bool,
+) -> Summary:
+    """The work of :func:`tile_image`: every file is staged in ``outputs``, tiles.json last."""
     tiles: List[Dict[str, Any]] = []
     slides: List[Dict[str, Any]] = []
     anns: List[Dict[str, Any]] = []
     dropped = 0
-    outputs: List[str] = []
     for slide_id, (stem, path) in enumerate(sources.items(), start=1):
         with open_region_reader(path, backend) as reader:
             h, w = reader.shape[:2]
@@ -276,9 +308,8 @@ def tile_image(
                             "y0": int(y0),
                         }
                     )
-            progress = Progress(f"tile {stem}", len(xs) * len(ys), enabled=verbose)
             mask_reader = None
-            if masks is not None:
+            if mask_files:
                 mask_reader = open_region_reader(mask_files[stem], backend)
                 if mask_reader.shape[:2] != (h, w):
                     mask_reader.close()
@@ -288,9 +319,13 @@ def tile_image(
                     )
                 inst_ids, inst_areas = _instance_areas(mask_reader, tile)
             try:
-                for t in tiles[first_tile_id - 1 :]:
+                slide_tiles = progress(
+                    tiles[first_tile_id - 1 :], f"tile {stem}", verbose=verbose, unit="tile"
+                )
+                for t in slide_tiles:
                     region = reader.read(t["y0"], t["x0"], th, tw)
-                    write_image(out_dir / "images" / t["file_name"], region)
+                    outputs.write_image(out_dir / "images" / t["file_name"], region)
+                    del region
                     if mask_reader is not None:
                         piece = mask_reader.read(t["y0"], t["x0"], th, tw)
                         kept, lost = _mask_tile_annotations(
@@ -299,12 +334,10 @@ def tile_image(
                         anns += kept
                         dropped += lost
                         mask_name = Path(t["file_name"]).with_suffix(".tif").name
-                        write_image(out_dir / "masks" / mask_name, piece)
-                    progress.update()
+                        outputs.write_image(out_dir / "masks" / mask_name, piece)
             finally:
                 if mask_reader is not None:
                     mask_reader.close()
-            progress.close()
         if coco is not None:
             sel = _slide_annotations(coco, arrays, path.name)
             kept, lost = _box_tile_annotations(
@@ -315,25 +348,24 @@ def tile_image(
     if coco is not None:
         categories = coco["categories"]
     else:
-        categories = [{"id": 1, "name": "nucleus"}] if masks is not None else []
+        categories = [{"id": 1, "name": "nucleus"}] if mask_files else []
     out = {
-        "info": {"description": f"tiles of {images}", "source": "sparse_ext tile"},
+        "info": {"description": description, "source": "sparse_ext tile"},
         "tiling": {"tile": tile, "overlap": overlap},
         "slides": slides,
         "images": tiles,
         "annotations": anns,
         "categories": categories,
     }
-    write_json(out_dir / "tiles.json", out)
-    outputs.append(str(out_dir / "tiles.json"))
+    outputs.write_json(out_dir / "tiles.json", out)
     return Summary(
         "tile",
         images=len(slides),
         kept=len(anns),
         dropped=dropped,
-        outputs=outputs,
+        outputs=[str(out_dir / "tiles.json")],
         extra={"tiles": len(tiles)},
-    ).report(verbose)
+    )
 
 
 def _box_tile_annotations(coco, arrays, sel, xs, ys, tile, tw, th, first_tile_id, min_visible, n0):
@@ -483,10 +515,10 @@ def merge_detections(
     ``edge_margin`` pixels) and lies entirely in the overlap with that neighbour is removed: the
     neighbour saw the whole object, this tile only a cut piece whose IoU with the whole can fall
     below the NMS threshold. Objects wider than the overlap are always kept. ``edge_margin=None``
-    turns this off (plain NMS, as in seed 002).
+    turns this off (plain NMS, as in Zhao, Pang et al., MICCAI 2021, Sec. 3.1).
     """
     tiles_json, detections_json, out_json = Path(tiles_json), Path(detections_json), Path(out_json)
-    check_out_of_inputs(out_json, [tiles_json, detections_json])
+    outputs = OutputSet([tiles_json, detections_json], files=[out_json])
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
     if not tiles_json.is_file():
@@ -515,7 +547,8 @@ def merge_detections(
     tile_size, overlap = int(tiles["tiling"]["tile"]), int(tiles["tiling"]["overlap"])
     n_in = len(dets)
     if n_in == 0:
-        write_json(out_json, [])
+        with outputs:
+            outputs.write_json(out_json, [])
         return Summary("merge", images=len(slides), outputs=[str(out_json)]).report(verbose)
     det_tile = np.array([d["image_id"] for d in dets], np.int64)
     order = np.argsort(tile_ids)
@@ -559,7 +592,8 @@ def merge_detections(
         }
         for k in kept
     ]
-    write_json(out_json, results)
+    with outputs:
+        outputs.write_json(out_json, results)
     return Summary(
         "merge",
         images=len(slides),
