@@ -246,6 +246,61 @@ def test_grouped_batch_sampler_groups_by_label(tmp_path):
         GroupedBlockBatchSampler(DefaultSampler(ds), 16, group_size=8)
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_grouped_batch_sampler_gives_each_rank_whole_groups_of_its_own_blocks(tmp_path, drop_last):
+    """Two ranks as torch's DistributedSampler shards an epoch (explicit rank and world size, no
+    process group): whole same-label groups on each rank, no block on both, and the same number
+    of batches on both (len), a short rank repeating its own groups (DDP would hang otherwise)."""
+    from torch.utils.data import DistributedSampler
+
+    root = write_lsr_blocks(tmp_path, _lsr_labels([9, 7, 4]), num_labels=3, block=16)
+    ds = _lsr(root)
+    key = [ds.get_data_info(i)["block_label"] for i in range(len(ds))]
+    per_rank, lengths = [], set()
+    for rank in range(2):
+        shard = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        sampler = GroupedBlockBatchSampler(shard, 4, group_size=2, drop_last=drop_last)
+        assert (sampler.rank, sampler.world_size) == (rank, 2)
+        batches = list(sampler)
+        lengths.add(len(sampler))
+        assert len(batches) == len(sampler)
+        for batch in batches:
+            assert len(batch) == 4  # full batches only on a distributed epoch
+            for group in (batch[:2], batch[2:]):
+                assert len({key[i] for i in group}) == 1
+            assert set(batch) <= set(shard)  # its own share of the data
+        per_rank.append({i for b in batches for i in b})
+    # 20 blocks form 4 + 3 + 2 = 9 groups: 9 * 10 // 20 = 4 groups, 2 batches per rank
+    assert lengths == {2}
+    assert not per_rank[0] & per_rank[1]  # different data on each rank
+
+
+def test_grouped_batch_sampler_round_up_repeats_the_ranks_own_groups(tmp_path):
+    """Each rank's share forms one group of 2 where len asks for 3 (the 6 groups of the whole
+    dataset over 2 ranks): the rank repeats its own group; a share without any group fails."""
+    from torch.utils.data import DistributedSampler
+
+    # sorted by name, ranks take every other block (shuffle off): both get labels 0 0 1 2 3 4
+    order = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    root = write_lsr_blocks(tmp_path, {f"b{i:02d}": z for i, z in enumerate(order)}, 5, 16)
+    ds = _lsr(root)
+    for rank in range(2):
+        shard = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)
+        sampler = GroupedBlockBatchSampler(shard, 2, group_size=2)
+        assert len(sampler) == 3
+        assert list(sampler) == [[rank, rank + 2]] * 3
+    lone = [0, 1, 0, 1]  # rank 0 gets labels 0 0, rank 1 labels 1 1: one group, one batch
+    root = write_lsr_blocks(tmp_path / "lone", {f"b{i:02d}": z for i, z in enumerate(lone)}, 2)
+    ds = _lsr(root)
+    sampler = GroupedBlockBatchSampler(DistributedSampler(ds, 2, 0, shuffle=False), 2, 2)
+    assert list(sampler) == [[0, 2]]
+    order = [0, 0, 1, 1]  # each rank gets labels 0 1: no group of 2
+    root = write_lsr_blocks(tmp_path / "none", {f"b{i:02d}": z for i, z in enumerate(order)}, 2)
+    sampler = GroupedBlockBatchSampler(DistributedSampler(_lsr(root), 2, 1, shuffle=False), 2, 2)
+    with pytest.raises(RuntimeError, match="rank 1 of 2: its share of the data holds no 2"):
+        list(sampler)
+
+
 def test_grouped_batch_sampler_from_config_through_dataloader(tmp_path):
     """The LSR config's train_dataloader (2 groups per batch) as mmengine builds it."""
     root = write_lsr_blocks(tmp_path / "lsr" / "train", _lsr_labels([6, 6, 3]), block=16)

@@ -1,9 +1,10 @@
 """``GroupedBlockBatchSampler`` (DATA_SAMPLERS): batches made of groups of blocks sharing a label.
 
-The inter-instance LSR losses (seed 004 Eq. 9-11) estimate a label's statistics over the blocks of
-one (class, label) group in the batch, so a batch must hold several blocks per label: the paper
-uses 2 groups of 10 (cell detection) or of 15 (cancer regions) blocks sharing a label. Used from
-a config like mmdet's ``AspectRatioBatchSampler``::
+The inter-instance LSR losses (Zhao, Hou et al., "Label super resolution with inter-instance
+loss", Eq. 9-11) estimate a label's statistics over the blocks of one (class, label) group in the
+batch, so a batch must hold several blocks per label: the paper uses 2 groups of 10 (cell
+detection) or of 15 (cancer regions) blocks sharing a label. Used from a config like mmdet's
+``AspectRatioBatchSampler``::
 
     train_dataloader = dict(
         batch_size=20,
@@ -15,17 +16,42 @@ It buckets the indices of the wrapped sampler (which keeps shuffling, seeding an
 sharding) by the sample's ``block_label``; each full bucket is a group and every
 ``batch_size // group_size`` groups make a batch (two groups may share a label). Blocks left in
 unfilled buckets at the end of an epoch are dropped.
+
+Distributed training (DDP): ``batch_size`` is per process, as everywhere in mmengine. The groups
+are formed on each rank from that rank's share of the data (mmengine's ``InfiniteSampler`` and
+``DefaultSampler`` shard by rank), so every rank gets whole groups of its own blocks and its loss
+is the paper's estimator over its own groups (per-rank by design, see docs/distributed.md). In a
+distributed run the wrapped sampler must shard (a sampler that does not would give every rank
+the same blocks: a ValueError), and over a finite sampler (epoch-based training) every rank yields
+exactly ``len(self)`` batches, repeating some of its own groups if its share formed fewer (as
+``DefaultSampler``'s ``round_up`` repeats samples), because DDP hangs when ranks run different
+numbers of iterations.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter, defaultdict
-from typing import Dict, Hashable, Iterator, List
+from typing import Dict, Hashable, Iterator, List, Optional, Tuple
 
+from mmengine.dataset import InfiniteSampler
+from mmengine.dist import get_dist_info
 from mmseg.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
 
 __all__ = ["GroupedBlockBatchSampler"]
+
+
+def _shard_of(sampler: Sampler) -> Tuple[int, int]:
+    """(rank, number of shards) of the data ``sampler`` yields: mmengine's samplers carry
+    ``rank``/``world_size``, torch's ``DistributedSampler`` ``rank``/``num_replicas``; any other
+    sampler yields the whole dataset, (0, 1)."""
+    world = getattr(sampler, "world_size", getattr(sampler, "num_replicas", None))
+    rank = getattr(sampler, "rank", None)
+    if world is None or rank is None:
+        return 0, 1
+    return int(rank), int(world)
 
 
 @DATA_SAMPLERS.register_module()
@@ -33,9 +59,11 @@ class GroupedBlockBatchSampler(BatchSampler):
     """Batches of ``batch_size // group_size`` groups of ``group_size`` same-label samples.
 
     Args:
-        sampler: the index sampler (its ``dataset`` provides ``get_data_info``).
-        batch_size: samples per batch, a multiple of ``group_size``.
-        group_size: samples per group (seed 004: 10 or 15).
+        sampler: the index sampler (its ``dataset`` provides ``get_data_info``); in a distributed
+            run a sharding one (mmengine's ``InfiniteSampler``/``DefaultSampler``, torch's
+            ``DistributedSampler``).
+        batch_size: samples per batch (per process), a multiple of ``group_size``.
+        group_size: samples per group (Zhao, Hou et al.: 10 or 15).
         group_key: the data info key the groups share.
         drop_last: drop a last batch with fewer groups at the end of an epoch.
     """
@@ -54,6 +82,15 @@ class GroupedBlockBatchSampler(BatchSampler):
             raise ValueError(
                 f"batch_size ({batch_size}) must be a positive multiple of group_size "
                 f"({group_size})"
+            )
+        self.rank, self.world_size = _shard_of(sampler)
+        _, dist_world_size = get_dist_info()
+        if dist_world_size > 1 and self.world_size != dist_world_size:
+            raise ValueError(
+                f"GroupedBlockBatchSampler in a distributed run of {dist_world_size} processes "
+                f"needs a sampler that gives each rank its own share of the data (mmengine's "
+                f"InfiniteSampler or DefaultSampler, torch's DistributedSampler); "
+                f"{type(sampler).__name__} would give every rank the same blocks"
             )
         self.sampler = sampler
         self.batch_size = batch_size
@@ -83,25 +120,53 @@ class GroupedBlockBatchSampler(BatchSampler):
         return key
 
     def __iter__(self) -> Iterator[List[int]]:
+        # the same number of batches on every rank of a finite (epoch) sampler: DDP needs it
+        limit: Optional[int] = None
+        if self.world_size > 1 and not isinstance(self.sampler, InfiniteSampler):
+            limit = len(self)
+            if limit == 0:
+                return
         buckets: Dict[Hashable, List[int]] = defaultdict(list)
         ready: List[List[int]] = []
+        made: List[List[int]] = []  # this rank's groups, for the round-up
+        count = 0
         for index in self.sampler:
             key = self._key(index)
             bucket = buckets[key]
             bucket.append(index)
             if len(bucket) == self.group_size:
                 ready.append(bucket)
+                if limit is not None:
+                    made.append(bucket)
                 buckets[key] = []
                 if len(ready) == self.groups_per_batch:
                     yield [i for group in ready for i in group]
                     ready = []
-        if ready and not self.drop_last:
+                    count += 1
+                    if count == limit:
+                        return
+        if limit is None:
+            if ready and not self.drop_last:
+                yield [i for group in ready for i in group]
+            return
+        if count < limit and not made:
+            raise RuntimeError(
+                f"rank {self.rank} of {self.world_size}: its share of the data holds no "
+                f"{self.group_size} samples with the same {self.group_key}; lower group_size"
+            )
+        repeat = itertools.cycle(made)
+        while count < limit:  # round up with this rank's own groups: full batches only
+            ready.extend(next(repeat) for _ in range(self.groups_per_batch - len(ready)))
             yield [i for group in ready for i in group]
+            ready = []
+            count += 1
 
     def __len__(self) -> int:
-        # exact for a sampler over the whole dataset; scaled for a shard of it
-        n, total = len(self.sampler), len(self.sampler.dataset)
-        groups = self._groups_per_epoch * n // max(total, 1)
+        # exact for a sampler over the whole dataset; scaled for a shard of it (the same on
+        # every rank of a distributed run: each holds about 1 / world_size of the data)
+        total = max(len(self.sampler.dataset), 1)
+        n = len(self.sampler) if self.world_size == 1 else math.ceil(total / self.world_size)
+        groups = self._groups_per_epoch * n // total
         if self.drop_last:
             return groups // self.groups_per_batch
         return -(-groups // self.groups_per_batch)
