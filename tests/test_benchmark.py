@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import ast
 import csv
+import glob
+import json
 import math
 import os
+import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from sparse_ext.benchmark.context import RunContext, SetupError
 from sparse_ext.benchmark.results import ResultsTable, cost_ratios, format_summary, summarise
-from sparse_ext.benchmark.specs import parse_losses, profile_for
+from sparse_ext.benchmark.specs import LOSSES, parse_losses, profile_for
 from sparse_ext.benchmark.synthetic import make_synthetic_nuclei
 
 pytest.importorskip("mmseg")
 
 # tiny runs: 32x32 crops of 64x64 frames, UNet width 8, batch 2
 TINY = dict(crop=32, unet_base_channels=8, batch_size=2)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC_CSVS = sorted(glob.glob(os.path.join(REPO, "docs", "benchmarks", "*.csv")))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +57,7 @@ def test_synthetic_dataset_layout_and_nesting(tiny_data):
         assert 0 < n30 < np.unique(inst[inst > 0]).size
 
 
-def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path):
+def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path, capsys):
     from sparse_ext.benchmark import run_benchmark
 
     out = str(tmp_path / "out")
@@ -83,15 +90,19 @@ def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path):
         assert float(r["seconds"]) > 0 and float(r["sec_per_iter"]) > 0
         assert r["config"].startswith("configs/mmseg/")
     assert os.path.getsize(os.path.join(out, "seg.png")) > 1000
-    progress = [x for x in lines if x.startswith("[")]
+    progress = [x for x in lines if x.startswith("[seg] ")]
     assert sum("s/iter" in x for x in progress) == 4
     assert any("cost_vs_ce" in x for x in lines)
+    bar = capsys.readouterr().err  # tqdm: runs done / total, elapsed<ETA
+    assert "0/4" in bar and "4/4" in bar and "<" in bar
 
     # second call: every run is finished, nothing is trained again
     lines.clear()
     before = os.path.getmtime(os.path.join(out, "seg.csv"))
     run_benchmark(tiny_data, **kwargs)
     assert sum("skipped" in x for x in lines) == 4
+    bar = capsys.readouterr().err  # runs done before start the bar at 4/4
+    assert "4/4" in bar and "0/4" not in bar
     assert not any("s/iter" in x for x in lines)
     assert os.path.getmtime(os.path.join(out, "seg.csv")) == before
     assert len(_read(os.path.join(out, "seg.csv"))) == 4
@@ -260,20 +271,115 @@ def test_bad_inputs_are_named(tmp_path):
         run_benchmark(str(tmp_path), "seg", fractions=(0,), losses=["ce"])
 
 
-def test_det_without_detectron2_skips_cleanly(tmp_path, monkeypatch):
-    monkeypatch.delenv("SPARSE_EXT_D2_PYTHON", raising=False)
-    try:
-        import detectron2  # noqa: F401
+def test_det_without_detectron2_fails_with_one_message(tmp_path, monkeypatch, capsys):
+    from sparse_ext.benchmark import run_benchmark
+    from sparse_ext.cli import main
 
-        pytest.skip("detectron2 is installed here")
-    except ImportError:
-        pass
+    monkeypatch.delenv("SPARSE_EXT_D2_PYTHON", raising=False)
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # not importable in this Python
+    with pytest.raises(SetupError, match="detectron2.*SPARSE_EXT_D2_PYTHON"):
+        run_benchmark(str(tmp_path), "det", out=str(tmp_path / "o"), log=print)
+    assert not os.path.exists(tmp_path / "o" / "det.csv")
+    capsys.readouterr()
+    assert main(["benchmark", "--task", "det", "--data", str(tmp_path), "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "detectron2" in err[0] and "setup_env.sh" in err[0], err
+
+
+def test_det_python_override_must_have_detectron2(tmp_path, monkeypatch):
+    from sparse_ext.benchmark.det import detectron2_python
+
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'detectron2'\" >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("SPARSE_EXT_D2_PYTHON", str(fake))
+    with pytest.raises(SetupError, match=f"SPARSE_EXT_D2_PYTHON={fake}.*No module named"):
+        detectron2_python()
+    monkeypatch.setenv("SPARSE_EXT_D2_PYTHON", str(tmp_path / "missing"))
+    with pytest.raises(SetupError, match="cannot import detectron2"):
+        detectron2_python()
+
+
+def test_det_uses_this_python_by_default(monkeypatch):
+    pytest.importorskip("detectron2")
+    from sparse_ext.benchmark.det import detectron2_python
+
+    monkeypatch.delenv("SPARSE_EXT_D2_PYTHON", raising=False)
+    assert detectron2_python() == sys.executable
+    monkeypatch.setenv("SPARSE_EXT_D2_PYTHON", sys.executable)  # an override that has it
+    assert detectron2_python() == sys.executable
+
+
+def _doc_rows(path):
+    """The finished rows of a committed benchmark CSV whose loss still exists, with contexts."""
+    out = []
+    for row in _read(path):
+        spec = LOSSES[row["task"]].get(row["loss"])
+        if row["status"] != "ok" or spec is None:
+            continue
+        ctx = RunContext(
+            task=row["task"],
+            spec=spec,
+            fraction=int(row["fraction"]),
+            seed=int(row["seed"]),
+            iters=int(row["iters"]),
+            mode=row["mode"],
+            profile=json.loads(row["overrides"])["profile"],
+            data_root="data/hela",
+            work_dir="work",
+        )
+        out.append((row, ctx))
+    return out
+
+
+@pytest.mark.parametrize("path", DOC_CSVS, ids=os.path.basename)
+def test_committed_csvs_are_found_and_their_rows_reproduced(path):
+    """Every finished row of docs/benchmarks/*.csv is the run its context names: same key, same
+    config and overrides columns."""
+    rows = _doc_rows(path)
+    assert rows
+    table = ResultsTable(path, rows[0][0]["task"])
+    for row, ctx in rows:
+        assert table.finished(ctx.key) == row
+        fields = ctx.csv_fields()
+        assert {k: str(fields[k]) for k in fields} == {k: row[k] for k in fields}
+
+
+@pytest.mark.parametrize("path", DOC_CSVS, ids=os.path.basename)
+def test_committed_csv_runs_are_skipped(path, tiny_data, tmp_path, monkeypatch):
+    """A rerun over a committed CSV trains nothing and leaves the CSV as it was."""
+    import sparse_ext.benchmark.driver as driver
     from sparse_ext.benchmark import run_benchmark
 
+    row, ctx = _doc_rows(path)[0]
+    csv_path = tmp_path / f"{ctx.task}.csv"
+    shutil.copy(path, csv_path)
+    before = csv_path.read_bytes()
+
+    def no_training(ctx):
+        raise AssertionError(f"{ctx.label} trained again")
+
+    monkeypatch.setattr(driver, "run_one", no_training)
+    if ctx.task == "det":  # no detectron2 needed to skip finished runs
+        monkeypatch.setattr(driver.task_module("det"), "check_environment", lambda: None)
     lines = []
-    assert run_benchmark(str(tmp_path), "det", out=str(tmp_path / "o"), log=lines.append) == []
-    assert "skipped" in lines[0] and "detectron2" in lines[0]
-    assert not os.path.exists(tmp_path / "o" / "det.csv")
+    done = run_benchmark(
+        tiny_data,
+        ctx.task,
+        fractions=[ctx.fraction],
+        losses=[ctx.spec.name],
+        seeds=[ctx.seed],
+        iters=ctx.iters,
+        quick=ctx.mode == "quick",
+        out=str(tmp_path),
+        work_dirs=str(tmp_path / "work"),
+        log=lines.append,
+    )
+    assert done == [row]
+    assert sum("done before" in x for x in lines) == 1, lines
+    assert csv_path.read_bytes() == before
 
 
 def test_det_profiles_train_at_native_scale_and_do_not_cap_recall():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Dict, List
 
 from sparse_ext.benchmark.specs import DEFAULT_FRACTIONS, TASKS
@@ -76,24 +77,29 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
+    from sparse_ext.benchmark.context import SetupError
     from sparse_ext.benchmark.driver import run_benchmark
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    run_benchmark(
-        args.data,
-        args.task,
-        dataset=args.dataset,
-        fractions=args.fractions,
-        losses=args.losses,
-        seeds=args.seeds,
-        iters=args.iters,
-        quick=args.quick,
-        out=args.out,
-        work_dirs=args.work_dirs,
-        profile_overrides=_profile_overrides(args),
-        verbose=args.verbose,
-    )
+    try:
+        run_benchmark(
+            args.data,
+            args.task,
+            dataset=args.dataset,
+            fractions=args.fractions,
+            losses=args.losses,
+            seeds=args.seeds,
+            iters=args.iters,
+            quick=args.quick,
+            out=args.out,
+            work_dirs=args.work_dirs,
+            profile_overrides=_profile_overrides(args),
+            verbose=args.verbose,
+        )
+    except SetupError as exc:
+        print(f"sparse-ext benchmark: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

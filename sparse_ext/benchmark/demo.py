@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.results import ResultsTable
-from sparse_ext.benchmark.specs import parse_losses, profile_for
+from sparse_ext.benchmark.specs import parse_losses, run_profile
 
 __all__ = ["ensure_dataset", "run_demo", "write_overlay"]
 
@@ -129,10 +130,7 @@ def run_demo(
 
     start = time.perf_counter()
     root = ensure_dataset(data, dataset, log=log)
-    profile = profile_for("seg", quick=True)
-    profile.update(profile_overrides or {})
-    n_iters = int(iters or profile.pop("iters"))
-    profile.pop("iters", None)
+    profile, n_iters = run_profile("seg", True, profile_overrides, iters)
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, "demo.csv")
     if os.path.exists(csv_path):
@@ -142,22 +140,24 @@ def run_demo(
     predictions: Dict[str, Dict[str, np.ndarray]] = {}
     for spec in parse_losses("seg", losses):
         log(
-            f"[demo] training the UNet with {spec.name} on {fraction} % of the nuclei, {n_iters} iterations"
+            f"[demo] training the UNet with {spec.name} on {fraction} % of the nuclei, "
+            f"{n_iters} iterations"
         )
-        row = run_one(
-            "seg",
-            spec,
-            root,
-            fraction,
-            seed,
-            n_iters,
-            os.path.join(out, "work_dirs", spec.name),
-            profile,
+        ctx = RunContext(
+            task="seg",
+            spec=spec,
+            fraction=fraction,
+            seed=seed,
+            iters=n_iters,
+            mode="quick",
+            profile=profile,
+            data_root=root,
+            work_dir=os.path.join(out, "work_dirs", spec.name),
             keep_predictions=True,
         )
+        row = run_one(ctx)
         predictions[spec.name] = row.pop("predictions")
-        row.update(task="seg", loss=spec.name, fraction=fraction, seed=seed, iters=n_iters)
-        row.update(mode="quick", status="ok", config=f"configs/{spec.config}")
+        row.update(ctx.csv_fields(), status="ok")
         table.add(row)
         results[spec.name] = {k: row[k] for k in ("dice", "iou", "aji", "object_f1")}
         log(

@@ -1,39 +1,40 @@
 """Detection runs: Detectron2 Faster R-CNN through ``tools/train_net.py``, in a subprocess.
 
-Detectron2 is not on PyPI and often lives in its own environment, so a run calls the repository's
-``tools/train_net.py`` with the Python that has detectron2 (``SPARSE_EXT_D2_PYTHON``, default
-this interpreter) and reads the results that Detectron2's trainer writes: ``metrics.json``
-(COCOEvaluator AP and SparseDetectionEvaluator F1/precision/recall, evaluated on the test split
-after the last iteration) and per-iteration times. The training set is the COCO file of the
-annotation fraction from ``sparse-ext data fetch`` (``annotations/*frac{NNN}*.json``, or the
-exhaustive train file at 100 %); the test set is the exhaustive test file.
+A run calls the repository's ``tools/train_net.py`` with this interpreter (the project's
+environment holds Detectron2) or, when ``SPARSE_EXT_D2_PYTHON`` is set, with that Python (for a
+Detectron2 kept in an environment of its own), and reads the results that Detectron2's trainer
+writes: ``metrics.json`` (COCOEvaluator AP and SparseDetectionEvaluator F1/precision/recall,
+evaluated on the test split after the last iteration) and per-iteration times. The training set
+is the COCO file of the annotation fraction from ``sparse-ext data fetch``
+(``annotations/*frac{NNN}*.json``, or the exhaustive train file at 100 %); the test set is the
+exhaustive test file.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from sparse_ext.benchmark.specs import REPO_ROOT, LossSpec
+from sparse_ext.benchmark.context import RunContext, SetupError
+from sparse_ext.benchmark.specs import REPO_ROOT
 
-__all__ = ["detectron2_python", "find_coco", "train_and_evaluate_det"]
+__all__ = [
+    "D2_PYTHON_ENV",
+    "build_command",
+    "check_environment",
+    "detectron2_python",
+    "find_coco",
+    "run",
+]
 
+D2_PYTHON_ENV = "SPARSE_EXT_D2_PYTHON"
 _LOSS_KEYS = ("SPARSE.ROI_LOSS", "SPARSE.RPN_LOSS")
-
-
-def detectron2_python() -> Optional[str]:
-    """The Python interpreter that can import detectron2 (``SPARSE_EXT_D2_PYTHON`` or this one),
-    or None."""
-    python = os.environ.get("SPARSE_EXT_D2_PYTHON") or sys.executable
-    probe = subprocess.run(
-        [python, "-c", "import detectron2"], capture_output=True, text=True, env=_env()
-    )
-    return python if probe.returncode == 0 else None
 
 
 def _env() -> Dict[str, str]:
@@ -41,6 +42,42 @@ def _env() -> Dict[str, str]:
     paths = [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+def detectron2_python() -> str:
+    """The Python that runs ``tools/train_net.py``: this interpreter, or ``SPARSE_EXT_D2_PYTHON``
+    when set. Raises :class:`SetupError` (one message saying what to do) when it cannot import
+    detectron2."""
+    override = os.environ.get(D2_PYTHON_ENV)
+    if not override:
+        try:
+            importlib.import_module("detectron2")
+        except ImportError as exc:
+            raise SetupError(
+                f"the det benchmark needs Detectron2, which this Python ({sys.executable}) cannot "
+                f"import ({exc}); install the project's environment (bash tools/setup_env.sh), or "
+                f"set {D2_PYTHON_ENV} to a Python that has detectron2"
+            ) from None
+        return sys.executable
+    try:
+        probe = subprocess.run(
+            [override, "-c", "import detectron2"], capture_output=True, text=True, env=_env()
+        )
+        problem = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        ok = probe.returncode == 0
+    except OSError as exc:
+        problem, ok = repr(exc), False
+    if not ok:
+        raise SetupError(
+            f"{D2_PYTHON_ENV}={override} cannot import detectron2 ({problem}); point it at a "
+            "Python that has detectron2, or unset it to use this Python"
+        )
+    return override
+
+
+def check_environment() -> None:
+    """Called by the driver before the grid: fail at once, not once per run."""
+    detectron2_python()
 
 
 def find_coco(data_root: str, split: str, fraction: int = 100) -> str:
@@ -83,56 +120,53 @@ def _pick(metrics: Dict[str, float], *names: str) -> float:
     return float("nan")
 
 
-def train_and_evaluate_det(
-    spec: LossSpec,
-    data_root: str,
-    fraction: int,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    *,
-    profile: Optional[Dict[str, Any]] = None,
-    verbose: bool = False,
-) -> Dict[str, Any]:
-    """Train and evaluate one Faster R-CNN run; returns seconds, sec/iter and the metrics."""
-    python = detectron2_python()
-    if python is None:
-        raise ImportError("detectron2 is not importable (set SPARSE_EXT_D2_PYTHON)")
-    os.makedirs(work_dir, exist_ok=True)
-    train_json = find_coco(data_root, "train", fraction)
-    test_json = find_coco(data_root, "test", 100)
+def build_command(ctx: RunContext, python: str) -> List[str]:
+    """The ``tools/train_net.py`` command line of a run: the loss's config (or, with the full
+    profile's ``recipe_configs``, its R50-FPN recipe), the datasets, the budget, the profile's
+    and the loss's options."""
+    train_json = find_coco(ctx.data_root, "train", ctx.fraction)
+    test_json = find_coco(ctx.data_root, "test", 100)
     opts = [
         "DATASETS.TRAIN", "('bench_train',)",
         "DATASETS.TEST", "('bench_test',)",
-        "SOLVER.MAX_ITER", str(iters),
-        "SEED", str(seed),
-        "OUTPUT_DIR", work_dir,
+        "SOLVER.MAX_ITER", str(ctx.iters),
+        "SEED", str(ctx.seed),
+        "OUTPUT_DIR", ctx.work_dir,
     ]  # fmt: skip
-    config, overrides = spec.config_path, spec.overrides
-    if (profile or {}).get("recipe_configs"):
+    spec = ctx.spec
+    config, overrides = spec.config_path, ctx.overrides
+    if ctx.profile.get("recipe_configs"):
         # the loss's R50-FPN recipe (its RPN loss included), with the spec's other options
         roi_loss = overrides.get("MODEL.SPARSE.ROI_LOSS", spec.name)
         config = os.path.join(
             REPO_ROOT, "configs", "detectron2", f"faster_rcnn_R_50_FPN_{roi_loss}.yaml"
         )
         overrides = {k: v for k, v in overrides.items() if not k.endswith(_LOSS_KEYS)}
-    for key, value in {**(profile or {}).get("opts", {}), **overrides}.items():
+    for key, value in {**ctx.profile.get("opts", {}), **overrides}.items():
         opts += [key, str(value)]
-    cmd = [
+    images = os.path.join(ctx.data_root, "images")
+    return [
         python,
         os.path.join(REPO_ROOT, "tools", "train_net.py"),
         "--config-file", config,
-        "--register-coco", "bench_train", train_json, os.path.join(data_root, "images", "train"),
-        "--register-coco", "bench_test", test_json, os.path.join(data_root, "images", "test"),
+        "--register-coco", "bench_train", train_json, os.path.join(images, "train"),
+        "--register-coco", "bench_test", test_json, os.path.join(images, "test"),
         *opts,
     ]  # fmt: skip
+
+
+def run(ctx: RunContext) -> Dict[str, Any]:
+    """Train and evaluate one Faster R-CNN run; returns seconds, sec/iter and the metrics."""
+    cmd = build_command(ctx, detectron2_python())
+    work_dir = ctx.work_dir
+    os.makedirs(work_dir, exist_ok=True)
     metrics_json = os.path.join(work_dir, "metrics.json")
     if os.path.exists(metrics_json):  # Detectron2 appends: a retried run must not read old records
         os.remove(metrics_json)
     start = time.perf_counter()
     with open(os.path.join(work_dir, "stdout.log"), "w") as log:
         proc = subprocess.run(
-            cmd, stdout=None if verbose else log, stderr=subprocess.STDOUT, env=_env()
+            cmd, stdout=None if ctx.verbose else log, stderr=subprocess.STDOUT, env=_env()
         )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
@@ -140,7 +174,7 @@ def train_and_evaluate_det(
     metrics = _last_eval(metrics_json)
     return dict(
         seconds=seconds,
-        sec_per_iter=metrics.get("_time", seconds / max(iters, 1)),
+        sec_per_iter=metrics.get("_time", seconds / max(ctx.iters, 1)),
         f1=_pick(metrics, "sparse/f1", "sparse/F1"),
         precision=_pick(metrics, "sparse/precision"),
         recall=_pick(metrics, "sparse/recall"),

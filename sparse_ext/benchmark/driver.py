@@ -1,16 +1,26 @@
 """``sparse-ext benchmark``: every (loss, fraction, seed) of a task through the framework's own
-training loop, one CSV row per run (resumable), a progress line per run, a summary table with
-the cost relative to the task's baseline (CE for seg and det), and a plot of the metrics vs
-annotation % (per loss for lsr and maxmin, whose labels cover every block / image)."""
+training loop, one CSV row per run (resumable), a progress bar over the grid (runs done / total,
+elapsed, ETA) and a line per run, a summary table with the cost relative to the task's baseline
+(CE for seg and det), and a plot of the metrics vs annotation % (per loss for lsr and maxmin,
+whose labels cover every block / image).
+
+A task is a module of this package named after it (``seg``, ``det``, ``lsr``, ``maxmin``) with
+``run(ctx: RunContext) -> dict`` (``seconds``, ``sec_per_iter`` and the task's metric columns)
+and, optionally, ``check_environment()``, called once before the grid; its losses and profiles
+are in :mod:`~sparse_ext.benchmark.specs`, its metric columns in
+:mod:`~sparse_ext.benchmark.results`.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import importlib
 import os
 import time
+from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.results import (
     METRIC_COLUMNS,
     PRIMARY_METRIC,
@@ -19,9 +29,15 @@ from sparse_ext.benchmark.results import (
     markdown_table,
     plot_task,
 )
-from sparse_ext.benchmark.specs import NO_FRACTIONS, LossSpec, parse_losses, profile_for
+from sparse_ext.benchmark.specs import (
+    DEFAULT_FRACTIONS,
+    NO_FRACTIONS,
+    TASKS,
+    parse_losses,
+    run_profile,
+)
 
-__all__ = ["run_benchmark", "run_one"]
+__all__ = ["run_benchmark", "run_one", "task_module"]
 
 
 def _dataset_root(data: str, dataset: str) -> str:
@@ -34,71 +50,47 @@ def _dataset_root(data: str, dataset: str) -> str:
     return root
 
 
-def _detectron2_available() -> bool:
-    from sparse_ext.benchmark.det import detectron2_python
+def task_module(task: str) -> ModuleType:
+    """The module that runs a task (imported on first use: it may import a framework)."""
+    if task not in TASKS:
+        raise KeyError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    return importlib.import_module(f"sparse_ext.benchmark.{task}")
 
-    return detectron2_python() is not None
 
-
-def run_one(
-    task: str,
-    spec: LossSpec,
-    data_root: str,
-    fraction: int,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    profile: Dict[str, Any],
-    *,
-    verbose: bool = False,
-    keep_predictions: bool = False,
-) -> Dict[str, Any]:
-    """Train and evaluate one run; returns the CSV row (``predictions`` added on request)."""
+def run_one(ctx: RunContext) -> Dict[str, Any]:
+    """Train and evaluate one run; returns the CSV row's results (``seconds``, ``sec_per_iter``,
+    the metrics; ``predictions`` too for a seg run with ``keep_predictions``)."""
     import torch
 
-    torch.manual_seed(seed)
-    if task == "seg":
-        from sparse_ext.benchmark.seg import build_seg_config, train_and_evaluate
+    torch.manual_seed(ctx.seed)
+    return task_module(ctx.task).run(ctx)
 
-        name = os.path.basename(work_dir)
-        cfg = build_seg_config(
-            spec.config_path,
-            data_root,
-            fraction,
-            seed,
-            iters,
-            work_dir,
-            profile=profile,
-            overrides=spec.overrides_for(fraction),
-            name=name,
-        )
-        result = train_and_evaluate(cfg, data_root, verbose=verbose)
-        row: Dict[str, Any] = dict(
-            seconds=result.seconds, sec_per_iter=result.sec_per_iter, **result.metrics
-        )
-        if keep_predictions:
-            row["predictions"] = result.predictions
-        return row
-    if task == "det":
-        from sparse_ext.benchmark.det import train_and_evaluate_det
 
-        result = train_and_evaluate_det(
-            spec, data_root, fraction, seed, iters, work_dir, profile=profile, verbose=verbose
-        )
-        return dict(result)
-    if task == "lsr":
-        from sparse_ext.benchmark.lsr import train_and_evaluate_lsr
-
-        return train_and_evaluate_lsr(
-            spec, data_root, seed, iters, work_dir, profile=profile, verbose=verbose
-        )
-    if task == "maxmin":
-        from sparse_ext.benchmark.maxmin import train_and_evaluate_maxmin
-
-        return train_and_evaluate_maxmin(
-            spec, data_root, seed, iters, work_dir, profile=profile, verbose=verbose
-        )
-    raise KeyError(f"unknown task {task!r}")
+def _run_and_record(
+    ctx: RunContext, table: ResultsTable, session: str, log: Callable[[str], None]
+) -> None:
+    """One run of the grid: its CSV row (failed runs too, with the error) and its log line."""
+    row: Dict[str, Any] = dict(
+        ctx.csv_fields(),
+        started_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        session=session,
+    )
+    t0 = time.perf_counter()
+    try:
+        row.update(run_one(ctx))
+        row["status"] = "ok"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # recorded and retried on the next call
+        row.update(status="failed", seconds=time.perf_counter() - t0, error=repr(exc)[:300])
+        table.add(row)
+        log(f"{ctx.label}: FAILED after {row['seconds']:.0f} s: {exc!r}")
+        return
+    table.add(row)
+    metrics = " ".join(
+        f"{m} {row[m]:.3f}" for m in METRIC_COLUMNS[ctx.task] if isinstance(row.get(m), float)
+    )
+    log(f"{ctx.label}: {metrics} | {row['seconds']:.0f} s, {row['sec_per_iter']:.3f} s/iter")
 
 
 def run_benchmark(
@@ -106,7 +98,7 @@ def run_benchmark(
     task: str = "seg",
     *,
     dataset: str = "hela",
-    fractions: Sequence[int] = (10, 30, 50, 100),
+    fractions: Sequence[int] = DEFAULT_FRACTIONS,
     losses: Optional[Sequence[str]] = None,
     seeds: Sequence[int] = (0,),
     iters: Optional[int] = None,
@@ -115,91 +107,70 @@ def run_benchmark(
     work_dirs: str = os.path.join("work_dirs", "benchmark"),
     profile_overrides: Optional[Dict[str, Any]] = None,
     verbose: bool = False,
-    log: Callable[[str], None] = print,
+    log: Optional[Callable[[str], None]] = None,
 ) -> List[Dict[str, str]]:
     """Run the benchmark of one task; returns the finished CSV rows of this call's runs.
 
     Writes ``out/<task>.csv`` (one row per run; finished runs are skipped on a second call)
-    and ``out/<task>.png``, and prints a progress line per run and a summary table. Training
-    logs go to ``work_dirs/<task>/<loss>_f<NNN>_s<seed>/`` (no checkpoints are kept).
+    and ``out/<task>.png``, shows a progress bar over the runs (stderr) and logs a line per run
+    and a summary table (``log``, default: stdout below the bar). Training logs go to
+    ``work_dirs/<task>/<loss>_f<NNN>_s<seed>/`` (no checkpoints are kept). Raises
+    :class:`~sparse_ext.benchmark.context.SetupError` before any run when the task's framework
+    is missing.
     """
+    from tqdm import tqdm
+
+    log = log or tqdm.write
     specs = parse_losses(task, losses)
     for f in fractions:
         if not 0 < int(f) <= 100:
             raise ValueError(f"fractions must be in 1..100, got {f}")
-    if task == "det" and not _detectron2_available():
-        log(
-            "[det] skipped: detectron2 is not importable (install it from "
-            "https://github.com/facebookresearch/detectron2, or point SPARSE_EXT_D2_PYTHON at "
-            "a Python that has it, and rerun); no rows written"
-        )
-        return []
+    check_environment = getattr(task_module(task), "check_environment", None)
+    if check_environment is not None:
+        check_environment()
     if task in NO_FRACTIONS and list(fractions) != [100]:
         log(f"[{task}] every block/image is labelled: runs use fraction 100 only")
         fractions = [100]
     data_root = _dataset_root(data, dataset)
-    profile = profile_for(task, quick)
-    profile.update(profile_overrides or {})
-    n_iters = int(iters or profile.pop("iters"))
-    profile.pop("iters", None)
+    profile, n_iters = run_profile(task, quick, profile_overrides, iters)
     mode = "quick" if quick else "full"
-    table = ResultsTable(os.path.join(out, f"{task}.csv"), task)
-    runs = [(f, s, spec) for f in fractions for s in seeds for spec in specs]
-    metric = PRIMARY_METRIC[task]
-    session = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")  # cost pairs
-    done: List[Dict[str, str]] = []
-    for i, (fraction, seed, spec) in enumerate(runs, 1):
-        tag = f"[{i}/{len(runs)}] {task} {spec.name:<12} {fraction:>3}% seed {seed}"
-        key = (task, spec.name, int(fraction), int(seed), n_iters, mode)
-        previous = table.finished(key)
-        if previous is not None:
-            log(f"{tag}: done before ({metric} {float(previous[metric]):.3f}), skipped")
-            done.append(previous)
-            continue
-        work_dir = os.path.join(work_dirs, task, f"{spec.name}_f{fraction:03d}_s{seed}")
-        row: Dict[str, Any] = dict(
+    grid = (
+        RunContext(
             task=task,
-            loss=spec.name,
-            fraction=fraction,
-            seed=seed,
+            spec=spec,
+            fraction=int(fraction),
+            seed=int(seed),
             iters=n_iters,
             mode=mode,
-            config=f"configs/{spec.config}" if spec.config else "",
-            overrides=json.dumps(
-                {**spec.overrides_for(fraction), "profile": profile}, sort_keys=True
-            ),
-            started_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            session=session,
+            profile=profile,
+            data_root=data_root,
+            work_dir=os.path.join(work_dirs, task, f"{spec.name}_f{int(fraction):03d}_s{seed}"),
+            verbose=verbose,
         )
-        t0 = time.perf_counter()
-        try:
-            row.update(
-                run_one(
-                    task,
-                    spec,
-                    data_root,
-                    fraction,
-                    seed,
-                    n_iters,
-                    work_dir,
-                    profile,
-                    verbose=verbose,
-                )
-            )
-            row["status"] = "ok"
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # recorded and retried on the next call
-            row.update(status="failed", seconds=time.perf_counter() - t0, error=repr(exc)[:300])
-            table.add(row)
-            log(f"{tag}: FAILED after {row['seconds']:.0f} s: {exc!r}")
-            continue
-        table.add(row)
-        done.append(table.finished(key))
-        metrics = " ".join(
-            f"{m} {row[m]:.3f}" for m in METRIC_COLUMNS[task] if isinstance(row.get(m), float)
-        )
-        log(f"{tag}: {metrics} | {row['seconds']:.0f} s, {row['sec_per_iter']:.3f} s/iter")
+        for fraction in fractions
+        for seed in seeds
+        for spec in specs
+    )
+    runs = list({ctx.key: ctx for ctx in grid}.values())  # a run listed twice runs once
+    table = ResultsTable(os.path.join(out, f"{task}.csv"), task)
+    metric = PRIMARY_METRIC[task]
+    pending: List[RunContext] = []
+    for ctx in runs:
+        previous = table.finished(ctx.key)
+        if previous is None:
+            pending.append(ctx)
+        else:
+            log(f"{ctx.label}: done before ({metric} {float(previous[metric]):.3f}), skipped")
+    session = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")  # cost pairs
+    # runs done before count as done; elapsed time and ETA are this call's runs only
+    with tqdm(
+        total=len(runs), initial=len(runs) - len(pending), desc=f"[{task}] runs", unit="run"
+    ) as bar:
+        for ctx in pending:
+            bar.set_postfix_str(f"{ctx.spec.name} {ctx.fraction}% seed {ctx.seed}")
+            _run_and_record(ctx, table, session, log)
+            bar.update()
+    done = [row for row in (table.finished(ctx.key) for ctx in runs) if row is not None]
     # summary over every finished run in the CSV with this budget (earlier calls included)
     rows = [r for r in table.ok_rows() if r["mode"] == mode and int(r["iters"]) == n_iters]
     order = [s.name for s in specs]

@@ -1,14 +1,15 @@
 """Label super-resolution runs: block labels from the nucleus masks, MMSeg UNet, full test frames.
 
-Seed 004 (Zhao, Hou et al.) trains from one low-resolution label per image block plus the table
-of (eta, rho) = mean and standard deviation of each class's pixel fraction per label. Here the
-blocks and labels come from ``make_lsr_blocks`` on the training frames of a ``sparse-ext data
-fetch`` dataset with the exhaustive nucleus masks: z = the block's nucleus fraction quantised into
-``bins`` bins, the table by mask estimation (Appendix B.2); the masks are used for nothing else.
-Each run trains ``configs/mmseg/unet_s5-d16_lsr-*_lsr-blocks.py`` (the loss is the only difference)
-and predicts the full held-out test frames. Scores: foreground Dice/IoU (pixels pooled over the
-frames) and masked Dice/IoU, the same restricted to pixels within ``band_width`` of the reference
-nucleus boundaries (seed 004 Sec. 3.2.2: where super-resolution has to place the boundary).
+Zhao, Hou et al. ("Label super resolution with inter-instance loss", arXiv 2019) train from one
+low-resolution label per image block plus the table of (eta, rho) = mean and standard deviation
+of each class's pixel fraction per label. Here the blocks and labels come from
+``make_lsr_blocks`` on the training frames of a ``sparse-ext data fetch`` dataset with the
+exhaustive nucleus masks: z = the block's nucleus fraction quantised into ``bins`` bins, the table
+by mask estimation (their Appendix B.2); the masks are used for nothing else. Each run trains
+``configs/mmseg/unet_s5-d16_lsr-*_lsr-blocks.py`` (the loss is the only difference) and predicts
+the full held-out test frames. Scores: foreground Dice/IoU (pixels pooled over the frames) and
+masked Dice/IoU, the same restricted to pixels within ``band_width`` of the reference nucleus
+boundaries (their Sec. 3.2.2: where super-resolution has to place the boundary).
 
 ``lowres`` is the paper's "low resolution model" with a perfect block classifier: every test block
 gets its true label z (from the reference mask) and all its pixels the class the table says is in
@@ -18,22 +19,19 @@ labels alone can give.
 
 from __future__ import annotations
 
-import copy
 import glob
 import os
 import shutil
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import numpy as np
 
-__all__ = [
-    "build_lsr_config",
-    "lowres_predictions",
-    "prepare_lsr_blocks",
-    "score_lsr",
-    "train_and_evaluate_lsr",
-]
+from sparse_ext.benchmark.context import RunContext
+from sparse_ext.benchmark.mmengine_runs import apply_profile, configure_run, load_config
+from sparse_ext.benchmark.seg import pooled_dice_iou, train_and_evaluate
+
+__all__ = ["build_config", "lowres_predictions", "prepare_lsr_blocks", "run", "score_lsr"]
 
 NUCLEUS = 1
 
@@ -79,27 +77,10 @@ def _test_dataset(data_root: str) -> Dict[str, Any]:
     )
 
 
-def build_lsr_config(
-    config_path: str,
-    data_root: str,
-    lsr_root: str,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    *,
-    profile: Optional[Dict[str, Any]] = None,
-    overrides: Optional[Dict[str, Any]] = None,
-    name: str = "run",
-):
+def build_config(ctx: RunContext, lsr_root: str):
     """The run's Config: an LSR config pointed at the blocks of ``lsr_root`` (and its table),
-    tested on the full test frames of ``data_root``."""
-    from mmengine.config import Config
-
-    from sparse_ext.benchmark.seg import apply_profile, configure_run
-
-    cfg = Config.fromfile(config_path)
-    if overrides:
-        cfg.merge_from_dict(copy.deepcopy(overrides))
+    tested on the full test frames of the run's dataset."""
+    cfg = load_config(ctx)
     table = os.path.join(lsr_root, "train", "table.json")
     train = cfg.train_dataloader.dataset
     train.data_root = lsr_root
@@ -107,10 +88,9 @@ def build_lsr_config(
     for head in (cfg.model.decode_head, cfg.model.get("auxiliary_head")):
         if head and head.get("loss_decode", {}).get("type") == "LabelSuperResolutionLoss":
             head.loss_decode.table = table
-    cfg.test_dataloader.dataset = _test_dataset(data_root)
-    configure_run(cfg, seed, iters, work_dir, name)
-    if profile:
-        apply_profile(cfg, profile)
+    cfg.test_dataloader.dataset = _test_dataset(ctx.data_root)
+    configure_run(cfg, ctx)
+    apply_profile(cfg, ctx.profile)  # block, bins and band_width are not the model's
     return cfg
 
 
@@ -119,7 +99,6 @@ def score_lsr(
 ) -> Dict[str, float]:
     """Foreground Dice/IoU and masked Dice/IoU (within ``band_width`` px of the reference
     boundaries), pixels pooled over the test frames."""
-    from sparse_ext.benchmark.seg import pooled_dice_iou
     from sparse_ext.data.io import read_image
     from sparse_ext.metrics import binary_confusion, boundary_band
 
@@ -159,39 +138,18 @@ def lowres_predictions(data_root: str, table_file: str, block: int) -> Dict[str,
     return out
 
 
-def train_and_evaluate_lsr(
-    spec,
-    data_root: str,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    *,
-    profile: Dict[str, Any],
-    verbose: bool = False,
-) -> Dict[str, Any]:
-    """One LSR run (or the ``lowres`` baseline when the spec has no config); the CSV row."""
-    from sparse_ext.benchmark.seg import derived_data_dir, train_and_evaluate
-
-    profile = dict(profile)
-    block, bins = int(profile.pop("block")), int(profile.pop("bins"))
-    band_width = float(profile.pop("band_width"))
-    lsr_root = prepare_lsr_blocks(data_root, derived_data_dir(work_dir), block, bins)
-    if not spec.config:
+def run(ctx: RunContext) -> Dict[str, Any]:
+    """One LSR run (or the ``lowres`` baseline when the spec has no config); the CSV row's
+    results."""
+    block, bins = int(ctx.profile["block"]), int(ctx.profile["bins"])
+    band_width = float(ctx.profile["band_width"])
+    lsr_root = prepare_lsr_blocks(ctx.data_root, ctx.derived_data_dir, block, bins)
+    if not ctx.spec.config:
         start = time.perf_counter()
-        preds = lowres_predictions(data_root, os.path.join(lsr_root, "train", "table.json"), block)
-        metrics = score_lsr(preds, data_root, band_width)
+        table = os.path.join(lsr_root, "train", "table.json")
+        preds = lowres_predictions(ctx.data_root, table, block)
+        metrics = score_lsr(preds, ctx.data_root, band_width)
         return dict(seconds=time.perf_counter() - start, sec_per_iter=float("nan"), **metrics)
-    cfg = build_lsr_config(
-        spec.config_path,
-        data_root,
-        lsr_root,
-        seed,
-        iters,
-        work_dir,
-        profile=profile,
-        overrides=spec.overrides,
-        name=os.path.basename(work_dir),
-    )
-    result = train_and_evaluate(cfg, data_root, verbose=verbose)
-    metrics = score_lsr(result.predictions, data_root, band_width)
+    result = train_and_evaluate(build_config(ctx, lsr_root), ctx.data_root, verbose=ctx.verbose)
+    metrics = score_lsr(result.predictions, ctx.data_root, band_width)
     return dict(seconds=result.seconds, sec_per_iter=result.sec_per_iter, **metrics)

@@ -1,6 +1,8 @@
 """Max-min runs: image-level labels built from the nucleus masks, MaxMinSegmentor, test crops.
 
-Seed 003 (Belharbi et al.) trains a localizer and a classifier from image-level classes only.
+Belharbi et al. ("Deep interpretable classification and weakly-supervised segmentation of
+histology images via max-min uncertainty", IEEE TMI 2022, arXiv:2011.07221) train a localizer and
+a classifier from image-level classes only.
 The image-level data here: every frame of a ``sparse-ext data fetch`` dataset is cut into
 non-overlapping ``crop`` x ``crop`` tiles; a tile is ``positive`` when at least ``positive_min``
 of its pixels are nucleus in the exhaustive reference, ``negative`` when none is, and left out
@@ -18,17 +20,24 @@ import csv
 import glob
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
-__all__ = ["build_maxmin_config", "prepare_maxmin_tiles", "train_and_evaluate_maxmin"]
+from sparse_ext.benchmark.context import RunContext
+from sparse_ext.benchmark.mmengine_runs import apply_profile, configure_run, load_config, train_then
+
+__all__ = ["build_config", "prepare_maxmin_tiles", "run"]
 
 CLASSES = ("negative", "positive")
 
 
 def prepare_maxmin_tiles(
-    data_root: str, cache: str, crop: int, positive_min: float, splits=("train", "test")
+    data_root: str,
+    cache: str,
+    crop: int,
+    positive_min: float,
+    splits: Sequence[str] = ("train", "test"),
 ) -> str:
     """Tiles, masks and ``{split}.csv`` (image,label,mask) under ``cache`` (built once)."""
     from sparse_ext.data.io import read_image, write_image
@@ -66,72 +75,34 @@ def prepare_maxmin_tiles(
     return root
 
 
-def build_maxmin_config(
-    config_path: str,
-    tiles_root: str,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    *,
-    profile: Optional[Dict[str, Any]] = None,
-    overrides: Optional[Dict[str, Any]] = None,
-    name: str = "run",
-):
+def build_config(ctx: RunContext, tiles_root: str):
     """The run's Config: the max-min config on the tiles, an iteration budget (the log-barrier
     t follows training progress x the config's epochs), the LR step at half the budget as the
     config's step at half its epochs, then the test tiles scored by the config's evaluators."""
-    from mmengine.config import Config
-
-    from sparse_ext.benchmark.seg import apply_profile, configure_run
-
-    cfg = Config.fromfile(config_path)
-    if overrides:
-        cfg.merge_from_dict(copy.deepcopy(overrides))
+    cfg = load_config(ctx)
     for key in ("train_dataloader", "test_dataloader"):
         cfg[key].dataset.data_root = tiles_root
     evaluator = copy.deepcopy(cfg.test_evaluator)
-    configure_run(cfg, seed, iters, work_dir, name)
+    configure_run(cfg, ctx)
     cfg.test_evaluator = evaluator
     cfg.param_scheduler = [
-        dict(type="MultiStepLR", by_epoch=False, milestones=[max(1, iters // 2)], gamma=0.1)
+        dict(type="MultiStepLR", by_epoch=False, milestones=[max(1, ctx.iters // 2)], gamma=0.1)
     ]
     cfg.log_processor = dict(by_epoch=False)
-    profile = dict(profile or {})
-    width = profile.get("unet_base_channels")
+    width = ctx.profile.get("unet_base_channels")
     if width:
         cfg.model.classifier.backbone.update(stem_channels=width, base_channels=width)
-    if profile:
-        apply_profile(cfg, profile)
+    # crop is the tile size here (the tiles are the images), not a random crop
+    apply_profile(cfg, {k: v for k, v in ctx.profile.items() if k != "crop"})
     return cfg
 
 
-def train_and_evaluate_maxmin(
-    spec,
-    data_root: str,
-    seed: int,
-    iters: int,
-    work_dir: str,
-    *,
-    profile: Dict[str, Any],
-    verbose: bool = False,
-) -> Dict[str, Any]:
+def run(ctx: RunContext) -> Dict[str, Any]:
     """Train one max-min run with ``Runner.train()``, score it with ``Runner.test()``."""
-    from sparse_ext.benchmark.seg import derived_data_dir, train_then
-
-    profile = dict(profile)
-    crop, positive_min = int(profile.pop("crop")), float(profile.pop("positive_min"))
-    tiles = prepare_maxmin_tiles(data_root, derived_data_dir(work_dir), crop, positive_min)
-    cfg = build_maxmin_config(
-        spec.config_path,
-        tiles,
-        seed,
-        iters,
-        work_dir,
-        profile=profile,
-        overrides=spec.overrides,
-        name=os.path.basename(work_dir),
-    )
-    metrics, seconds, per_iter = train_then(cfg, lambda runner: runner.test(), verbose=verbose)
+    crop, positive_min = int(ctx.profile["crop"]), float(ctx.profile["positive_min"])
+    tiles = prepare_maxmin_tiles(ctx.data_root, ctx.derived_data_dir, crop, positive_min)
+    cfg = build_config(ctx, tiles)
+    metrics, seconds, per_iter = train_then(cfg, lambda runner: runner.test(), verbose=ctx.verbose)
     return dict(
         seconds=seconds,
         sec_per_iter=per_iter,

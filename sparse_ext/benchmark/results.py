@@ -25,10 +25,12 @@ __all__ = [
     "METRIC_COLUMNS",
     "PRIMARY_METRIC",
     "ResultsTable",
+    "RunKey",
     "cost_ratios",
     "format_summary",
     "markdown_table",
     "plot_task",
+    "run_key",
     "summarise",
 ]
 
@@ -51,7 +53,8 @@ METRIC_COLUMNS: Dict[str, Tuple[str, ...]] = {
     "maxmin": ("f1_plus", "f1_minus", "cls_error", "dice"),
 }
 # The loss each task's cost (seconds per iteration) is divided by: the framework's default loss,
-# the published LSR loss that seed 004 improves on, max-min without the regulariser.
+# the intra-instance LSR loss that Zhao, Hou et al. ("Label super resolution with inter-instance
+# loss", arXiv 2019) improve on, max-min without the regulariser.
 COST_BASELINE = {"seg": "ce", "det": "ce", "lsr": "intra", "maxmin": "none"}
 PRIMARY_METRIC = {"seg": "dice", "det": "f1", "lsr": "masked_dice", "maxmin": "f1_plus"}
 # Metrics drawn in the per-task plot (one panel each).
@@ -70,7 +73,9 @@ def columns(task: str) -> List[str]:
     return [*BASE_COLUMNS, *METRIC_COLUMNS[task], *TAIL_COLUMNS]
 
 
-def _key(row: Mapping[str, object]) -> RunKey:
+def run_key(row: Mapping[str, object]) -> RunKey:
+    """The run a CSV row (or a row about to be written) is: ``(task, loss, fraction, seed, iters,
+    mode)``."""
     return (
         str(row["task"]),
         str(row["loss"]),
@@ -112,14 +117,14 @@ class ResultsTable:
     def finished(self, key: RunKey) -> Optional[Dict[str, str]]:
         """The finished (status ok) row of a run, or None."""
         for row in self.rows:
-            if row.get("status") == "ok" and _key(row) == key:
+            if row.get("status") == "ok" and run_key(row) == key:
                 return row
         return None
 
     def add(self, row: Mapping[str, object]) -> None:
         """Add (or replace a failed attempt of) a run and rewrite the CSV atomically."""
-        key = _key(row)
-        self.rows = [r for r in self.rows if _key(r) != key]
+        key = run_key(row)
+        self.rows = [r for r in self.rows if run_key(r) != key]
         self.rows.append({c: _fmt(row.get(c, "")) for c in self.columns})
         self.write()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -25,6 +25,7 @@ __all__ = [
     "TASKS",
     "parse_losses",
     "profile_for",
+    "run_profile",
 ]
 
 TASKS = ("seg", "det", "lsr", "maxmin")
@@ -300,6 +301,21 @@ PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
 
 def profile_for(task: str, quick: bool) -> Dict[str, Any]:
     return dict(PROFILES[task]["quick" if quick else "full"])
+
+
+def run_profile(
+    task: str,
+    quick: bool,
+    overrides: Optional[Dict[str, Any]] = None,
+    iters: Optional[int] = None,
+) -> Tuple[Dict[str, Any], int]:
+    """The task's profile updated with ``overrides``, and the iteration budget (``iters``, else the
+    profile's), taken out of the profile."""
+    profile = profile_for(task, quick)
+    profile.update(overrides or {})
+    n_iters = int(iters or profile.pop("iters"))
+    profile.pop("iters", None)
+    return profile, n_iters
 
 
 def parse_losses(task: str, losses: Optional[Sequence[str]]) -> List[LossSpec]:
