@@ -1,6 +1,7 @@
 """Detectron2 adapter: the tiny Faster R-CNN on CPU trained with every sparse loss.
 
-Skipped where detectron2 is not importable (it is not on PyPI; see docs/detectron2.md).
+Skipped where detectron2 is not importable (it is not on PyPI; see docs/detectron2.md), except
+under CI (the CI environment variable set), where that is a failure.
 """
 
 import copy
@@ -15,8 +16,22 @@ INSTALL_HINT = (
     "detectron2 is not installed; install it from source: "
     "pip install 'git+https://github.com/facebookresearch/detectron2.git' (see docs/detectron2.md)"
 )
-pytest.importorskip("detectron2", reason=INSTALL_HINT)
-pytest.importorskip("torchvision", reason=INSTALL_HINT)
+
+
+def _require_detectron2() -> None:
+    """Skip this module with the install hint where Detectron2 does not import; when the CI
+    environment variable is set (CI=true), fail instead: CI must run these tests."""
+    try:
+        import detectron2  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            msg = f"CI is set: Detectron2 must import, and it does not ({e}). {INSTALL_HINT}"
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(f"{INSTALL_HINT} ({e})", allow_module_level=True)
+
+
+_require_detectron2()
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import SimpleTrainer  # noqa: E402
@@ -28,9 +43,13 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from sparse_ext.detectron2 import (  # noqa: E402
     VALID_LOSSES,
     SparseProgressHook,
+    SparseROIHeads,
+    SparseRPN,
     add_sparse_config,
     load_sparse_config,
+    model_zoo_config_file,
     set_sparse_progress,
+    validate_sparse_config,
 )
 from sparse_ext.losses import exclusive_cross_entropy, nnpu_loss  # noqa: E402
 from sparse_ext.losses.schedules import (  # noqa: E402
@@ -153,21 +172,132 @@ def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only()
         assert other["MODEL.SPARSE.ROI_LOSS"] == loss
 
 
-def test_unknown_loss_name_fails_at_build_listing_valid_ones():
-    for key in ("MODEL.SPARSE.ROI_LOSS", "MODEL.SPARSE.RPN_LOSS"):
+ZOO_R50 = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+SHIPPED_CONFIGS = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_config_loads_through_the_model_zoo_and_builds(name):
+    """Each configs/detectron2/*.yaml resolves (R50 recipes: from the installed detectron2's model
+    zoo, no source clone) and builds on CPU without weights."""
+    cfg = load_sparse_config(os.path.join(CONFIG_DIR, name))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads, SparseROIHeads)
+    assert isinstance(model.proposal_generator, SparseRPN)
+    assert model.roi_heads.box_predictor.loss_name == cfg.MODEL.SPARSE.ROI_LOSS
+    assert model.proposal_generator.loss_name == cfg.MODEL.SPARSE.RPN_LOSS
+
+
+def test_model_zoo_prefix_names_a_config_of_the_installed_detectron2():
+    cfg = load_sparse_config(f"model_zoo://{ZOO_R50}")
+    assert cfg.MODEL.ROI_HEADS.NAME == "StandardROIHeads" and cfg.SOLVER.MAX_ITER == 90000
+    assert cfg.MODEL.SPARSE.ROI_LOSS == "ce"  # add_sparse_config's defaults are there
+    with pytest.raises(FileNotFoundError, match="model zoo"):
+        load_sparse_config("model_zoo://COCO-Detection/no_such_config.yaml")
+    with pytest.raises(FileNotFoundError, match=f"model_zoo://{ZOO_R50}"):
+        load_sparse_config(ZOO_R50)  # a zoo-relative path without the prefix: hint at it
+
+
+def set_key(cfg, key, value):
+    *path, leaf = key.split(".")
+    node = cfg
+    for name in path:
+        node = node[name]
+    node[leaf] = value
+
+
+SCHEDULE_CHOICES = (
+    "one of constant, linear, sigmoid, paper_table2, reference_exclusivity, reference_sampling"
+)
+BAD_SETTINGS = [
+    ("MODEL.SPARSE.ROI_LOSS", "dice", "one of ce, focal, ece, nnpu, bde"),
+    ("MODEL.SPARSE.RPN_LOSS", "dice", "one of ce, focal, ece, nnpu, bde"),
+    (
+        "MODEL.SPARSE.ECE.SCHEDULE.TYPE",
+        "cosine",
+        SCHEDULE_CHOICES,
+    ),
+    ("MODEL.SPARSE.ECE.SCHEDULE.VALUE", 1.2, "in [0, 1]"),
+    ("MODEL.SPARSE.ECE.SCHEDULE.START", -0.1, "in [0, 1]"),
+    ("MODEL.SPARSE.ECE.SCHEDULE.END", 2.0, "in [0, 1]"),
+    ("MODEL.SPARSE.ECE.SCHEDULE.MIDPOINT", 5000.0, "in [0, 1]"),
+    ("MODEL.SPARSE.ECE.SCHEDULE.TEMPERATURE", 0.0, "> 0"),
+    (
+        "MODEL.SPARSE.ECE.SAMPLING.TYPE",
+        "step",
+        SCHEDULE_CHOICES,
+    ),
+    ("MODEL.SPARSE.ECE.SAMPLING.VALUE", 1.5, "in [0, 1]"),
+    ("MODEL.SPARSE.ECE.CONFIDENCE", "entropy", "one of foreground, margin, logit_margin"),
+    ("MODEL.SPARSE.ECE.FOCAL_ALPHA", -0.5, ">= 0"),
+    ("MODEL.SPARSE.ECE.FOCAL_GAMMA", -1.0, ">= 0"),
+    ("MODEL.SPARSE.PU.PRIOR", 1.5, "in (0, 1)"),
+    ("MODEL.SPARSE.PU.PRIOR", 0.0, "in (0, 1)"),
+    ("MODEL.SPARSE.PU.PRIOR", float("nan"), "in (0, 1)"),
+    ("MODEL.SPARSE.PU.PRIOR", "0.04", "a number in (0, 1)"),
+    ("MODEL.SPARSE.PU.RPN_PRIOR", 1.0, "in (0, 1) or 0"),
+    ("MODEL.SPARSE.PU.RPN_PRIOR", -0.1, "in (0, 1) or 0"),
+    ("MODEL.SPARSE.PU.MODE", "pu", "one of detection, classic"),
+    ("MODEL.SPARSE.PU.NONNEGATIVE", "relu", "one of clamp, kiryo, none"),
+    ("MODEL.SPARSE.PU.BETA", -0.1, ">= 0"),
+    ("MODEL.SPARSE.PU.GAMMA", 1.5, "in [0, 1]"),
+    ("MODEL.SPARSE.BDE.IOU_THRESH", 0.0, "in (0, 1]"),
+    ("MODEL.SPARSE.BDE.SCORE_THRESH", 1.01, "in [0, 1]"),
+    ("MODEL.SPARSE.FOCAL.ALPHA", 1.5, "in [0, 1] or -1"),
+    ("MODEL.SPARSE.FOCAL.GAMMA", -2.0, ">= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,valid", BAD_SETTINGS)
+def test_bad_sparse_setting_fails_at_build_naming_the_key_and_its_range(key, value, valid):
+    cfg = tiny_cfg()  # ce/ce: options of unused losses are checked too
+    set_key(cfg, key, value)
+    with pytest.raises(ValueError) as err:
+        build_model(cfg)
+    msg = str(err.value)
+    assert msg.startswith("invalid MODEL.SPARSE setting: ") and msg.count(" = ") == 1, msg
+    assert f"{key} = {value!r}: must be {valid}" in msg, msg
+
+
+def test_sparse_settings_are_checked_by_either_sparse_module_and_reported_together():
+    for roi_head, rpn in (("SparseROIHeads", "RPN"), ("StandardROIHeads", "SparseRPN")):
         cfg = tiny_cfg()
-        cfg.merge_from_list([key, "dice"])
-        with pytest.raises(ValueError, match="ce, focal, ece, nnpu, bde") as err:
+        cfg.MODEL.ROI_HEADS.NAME = roi_head
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME = rpn
+        cfg.MODEL.SPARSE.PU.PRIOR = 2.0
+        cfg.MODEL.SPARSE.FOCAL.GAMMA = -1.0
+        with pytest.raises(ValueError, match="settings: MODEL.SPARSE.PU.PRIOR = 2.0") as err:
             build_model(cfg)
-        assert key in str(err.value)
-    cfg = tiny_cfg(roi="nnpu")
-    cfg.MODEL.SPARSE.PU.PRIOR = 1.5
-    with pytest.raises(ValueError, match="prior"):
-        build_model(cfg)
-    cfg = tiny_cfg(roi="ece")
-    cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "cosine"
-    with pytest.raises(ValueError, match="MODEL.SPARSE.ECE.SCHEDULE.*paper_table2"):
-        build_model(cfg)
+        assert "; MODEL.SPARSE.FOCAL.GAMMA = -1.0: must be >= 0" in str(err.value)
+
+
+def test_sparse_settings_at_the_ends_of_their_ranges_are_valid():
+    cfg = tiny_cfg("NNPU", "Focal")  # loss names are case-insensitive
+    for key, value in {
+        "MODEL.SPARSE.PU.PRIOR": 0.999,
+        "MODEL.SPARSE.PU.RPN_PRIOR": 0.0,
+        "MODEL.SPARSE.PU.BETA": 0.0,
+        "MODEL.SPARSE.PU.GAMMA": 0.0,
+        "MODEL.SPARSE.FOCAL.ALPHA": -1.0,
+        "MODEL.SPARSE.FOCAL.GAMMA": 0.0,
+        "MODEL.SPARSE.BDE.IOU_THRESH": 1.0,
+        "MODEL.SPARSE.BDE.SCORE_THRESH": 1.0,
+        "MODEL.SPARSE.ECE.SCHEDULE.TYPE": " Paper_Table2 ",
+        "MODEL.SPARSE.ECE.SCHEDULE.START": 0.0,
+        "MODEL.SPARSE.ECE.SCHEDULE.END": 1,
+        "MODEL.SPARSE.ECE.SAMPLING.VALUE": 0.0,
+    }.items():
+        set_key(cfg, key, value)
+    validate_sparse_config(cfg)
+    model = build_model(cfg)
+    assert model.roi_heads.box_predictor.loss_name == "nnpu"
+    assert model.proposal_generator.loss_name == "focal"
+    assert model.proposal_generator.focal_options == {"alpha": -1.0, "gamma": 0.0}
+
+
+def test_softmax_roi_losses_refuse_sigmoid_ce():
     cfg = tiny_cfg(roi="ece")
     cfg.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = True
     with pytest.raises(ValueError, match="USE_SIGMOID_CE"):
@@ -203,7 +333,14 @@ def test_ece_schedules_from_config():
 # -- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("roi,rpn", list(itertools.product(VALID_LOSSES, VALID_LOSSES)))
+# Each loss in both the ROI head and the RPN by default; the 20 cross pairs are `slow`.
+LOSS_PAIRS = [
+    pytest.param(roi, rpn, marks=() if roi == rpn else pytest.mark.slow)
+    for roi, rpn in itertools.product(VALID_LOSSES, VALID_LOSSES)
+]
+
+
+@pytest.mark.parametrize("roi,rpn", LOSS_PAIRS)
 def test_every_loss_combination_trains(roi, rpn):
     cfg = tiny_cfg(roi, rpn, num_classes=2)
     cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 0.0  # random init: let every prediction count
@@ -229,26 +366,56 @@ def test_images_with_one_or_no_annotation(loss, kind):
         assert history[0]["loss_box_reg"] == 0 and history[0]["loss_rpn_loc"] == 0
 
 
-def test_ce_is_stock_detectron2_exactly():
-    stock_cfg = tiny_cfg()
-    stock_cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    stock_cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-    stock = build(stock_cfg)
-    ours = build(tiny_cfg())
-    assert type(ours.roi_heads).__name__ == "SparseROIHeads"
-    ours.load_state_dict(stock.state_dict())  # strict: same parameters, same names
-    data = batch("mixed")
-    results = []
-    for model in (stock, ours):
-        torch.manual_seed(123)
-        history, _ = train_steps(model, data, steps=2)
-        results.append((history, [p.detach().clone() for p in model.parameters()]))
-    (h_stock, p_stock), (h_ours, p_ours) = results
-    for a, b in zip(h_stock, h_ours):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), k
-    assert all(torch.equal(a, b) for a, b in zip(p_stock, p_ours))
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)  # same parameters and buffers, same names, same order
+    assert [k for k in sa if not torch.equal(sa[k], sb[k])] == []
+
+
+def test_ce_builds_and_trains_as_stock_detectron2_bit_for_bit():
+    """ce + the same seed: the same weights as StandardROIHeads + FastRCNNOutputLayers and RPN
+    (no weights copied), and the same losses and updated weights after a real train step, for the
+    sparse ROI head and the sparse RPN alone and together."""
+
+    def seeded_step(roi_head, rpn):
+        cfg = tiny_cfg()
+        cfg.MODEL.ROI_HEADS.NAME = roi_head
+        cfg.MODEL.PROPOSAL_GENERATOR.NAME = rpn
+        model = build(cfg, seed=0)
+        init = copy.deepcopy(model)
+        torch.manual_seed(123)  # the proposal and anchor samplers draw from it
+        losses = train_steps(model, batch("mixed"), steps=1)[0][0]
+        return init, losses, model
+
+    stock_init, stock_losses, stock = seeded_step("StandardROIHeads", "RPN")
+    for roi_head, rpn in (
+        ("SparseROIHeads", "RPN"),
+        ("StandardROIHeads", "SparseRPN"),
+        ("SparseROIHeads", "SparseRPN"),
+    ):
+        init, losses, model = seeded_step(roi_head, rpn)
+        assert type(model.roi_heads).__name__ == roi_head
+        assert type(model.proposal_generator).__name__ == rpn
+        assert_same_weights(stock_init, init)
+        assert losses.keys() == stock_losses.keys()
+        for k in losses:
+            assert torch.equal(losses[k], stock_losses[k]), (roi_head, rpn, k)
+        assert_same_weights(stock, model)
+
+
+def test_r50_ce_recipe_builds_the_model_zoo_faster_rcnn_weights():
+    """configs/detectron2/faster_rcnn_R_50_FPN_ce.yaml vs Detectron2's own loader on its model-zoo
+    file: the same seed gives the same R50-FPN weights."""
+    stock_cfg = get_cfg()
+    stock_cfg.merge_from_file(model_zoo_config_file(ZOO_R50))
+    ours_cfg = load_sparse_config(os.path.join(CONFIG_DIR, "faster_rcnn_R_50_FPN_ce.yaml"))
+    models = []
+    for cfg in (stock_cfg, ours_cfg):
+        cfg.MODEL.DEVICE = "cpu"
+        torch.manual_seed(0)
+        models.append(build_model(cfg))
+    assert type(models[1].roi_heads) is SparseROIHeads
+    assert_same_weights(*models)
 
 
 def test_ece_with_rho_one_equals_ce():
@@ -377,7 +544,7 @@ def test_bde_without_confident_predictions_is_plain_ce():
     ce = build(tiny_cfg())
     init = copy.deepcopy(ce.state_dict())
     cfg = tiny_cfg("bde", "bde")
-    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 1.01  # no prediction counts: every weight is 1
+    cfg.MODEL.SPARSE.BDE.SCORE_THRESH = 1.0  # no prediction reaches it: every weight is 1
     bde = build(cfg)
     bde.load_state_dict(init)
     data = batch("mixed")

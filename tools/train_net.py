@@ -2,10 +2,17 @@
 """Train and evaluate Detectron2's Faster R-CNN with sparse_ext's partial-annotation losses.
 
 Detectron2's tools/train_net.py pattern (DefaultTrainer, --eval-only, --num-gpus via launch) plus:
-``add_sparse_config``, configs whose ``_BASE_`` may name the installed model zoo
-(``model_zoo://...``), COCO datasets registered from the command line with ``--register-coco``,
+``add_sparse_config``, COCO datasets registered from the command line with ``--register-coco``,
 and evaluation by Detectron2's COCOEvaluator (AP) together with SparseDetectionEvaluator (F1,
 precision, recall, average recall/precision, exclusive recall).
+
+``--config-file`` takes our configs (configs/detectron2/*.yaml, whose R50 recipes take Detectron2's
+from the installed package through ``_BASE_: "model_zoo://..."``), any Detectron2 YAML config, such
+as the model-zoo files the installed package ships
+(``detectron2.model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")``), or
+``model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml`` directly; no source clone of
+Detectron2 is needed. With a stock Detectron2 config, switch to the sparse heads with the opts
+``MODEL.ROI_HEADS.NAME SparseROIHeads MODEL.PROPOSAL_GENERATOR.NAME SparseRPN``.
 
 Example (CPU, tiny config)::
 
@@ -43,6 +50,8 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
+    """The frozen config: ``--config-file`` through :func:`load_sparse_config` (``model_zoo://``
+    paths resolved), then the command-line opts."""
     for name, json_file, image_root in args.register_coco or []:
         register_partial_coco(name, json_file, image_root)
     cfg = load_sparse_config(args.config_file)

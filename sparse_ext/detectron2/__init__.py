@@ -27,6 +27,8 @@ from sparse_ext.detectron2.config import (  # noqa: E402
     add_sparse_config,
     load_sparse_config,
     model_zoo_config_file,
+    validate_sparse_config,
+    validate_sparse_test_config,
 )
 from sparse_ext.detectron2.data import register_partial_coco  # noqa: E402
 from sparse_ext.detectron2.evaluation import (  # noqa: E402
@@ -54,4 +56,6 @@ __all__ = [
     "model_zoo_config_file",
     "register_partial_coco",
     "set_sparse_progress",
+    "validate_sparse_config",
+    "validate_sparse_test_config",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 from detectron2.config import CfgNode as CN
@@ -16,7 +17,10 @@ __all__ = [
     "check_loss_name",
     "load_sparse_config",
     "model_zoo_config_file",
+    "resolve_config_file",
     "sparse_loss_options",
+    "validate_sparse_config",
+    "validate_sparse_test_config",
 ]
 
 #: Loss names accepted by MODEL.SPARSE.ROI_LOSS and MODEL.SPARSE.RPN_LOSS.
@@ -127,6 +131,170 @@ def _build_schedule(node: CN, key: str):
         ) from e
 
 
+# -- validation -------------------------------------------------------------------------------
+
+_INF = math.inf
+
+
+def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+    """``"in [0, 1]"``, ``"in (0, 1)"``, ``">= 0"``, ``"> 0"``."""
+    if hi == _INF:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _check_number(
+    errors: List[str],
+    key: str,
+    value: Any,
+    lo: float = -_INF,
+    hi: float = _INF,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allowed: Sequence[float] = (),
+    what: str = "",
+) -> None:
+    """Append ``"KEY = value: must be in RANGE (what)"`` to ``errors`` unless ``value`` is a finite
+    number in the interval [lo, hi] (ends excluded with ``lo_open`` / ``hi_open``), or one of the
+    ``allowed`` special values."""
+    rng = _interval(lo, hi, lo_open, hi_open)
+    if allowed:
+        rng += "".join(f" or {a:g}" for a in allowed)
+    note = f" ({what})" if what else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(f"{key} = {value!r}: must be a number {rng}{note}")
+        return
+    v = float(value)
+    if v in allowed:
+        return
+    inside = (
+        math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    )
+    if not inside:
+        errors.append(f"{key} = {value!r}: must be {rng}{note}")
+
+
+def _check_choice(
+    errors: List[str], key: str, value: Any, choices: Sequence[str], *, ignore_case: bool = False
+) -> None:
+    ok = isinstance(value, str) and (value.strip().lower() if ignore_case else value) in choices
+    if not ok:
+        errors.append(f"{key} = {value!r}: must be one of {', '.join(choices)}")
+
+
+def _raise(errors: List[str], node: str) -> None:
+    if len(errors) == 1:
+        raise ValueError(f"invalid {node} setting: {errors[0]}")
+    if errors:
+        raise ValueError(f"invalid {node} settings: " + "; ".join(errors))
+
+
+def _check_schedule(errors: List[str], key: str, node: CN, what: str) -> None:
+    from sparse_ext.losses.schedules import NAMED_SCHEDULES
+
+    # the types whose arguments are the node's keys (see _build_schedule), then the named ones
+    kinds = tuple(dict.fromkeys(("constant", "linear", "sigmoid", *NAMED_SCHEDULES)))
+    _check_choice(errors, f"{key}.TYPE", node.TYPE, kinds, ignore_case=True)
+    for name in ("VALUE", "START", "END"):
+        _check_number(errors, f"{key}.{name}", node[name], 0.0, 1.0, what=what)
+    _check_number(
+        errors, f"{key}.MIDPOINT", node.MIDPOINT, 0.0, 1.0, what="training progress, not iterations"
+    )
+    _check_number(errors, f"{key}.TEMPERATURE", node.TEMPERATURE, 0.0, lo_open=True)
+
+
+def validate_sparse_config(cfg: CN) -> None:
+    """Check every scalar of ``cfg.MODEL.SPARSE`` (all of them, whichever loss is selected).
+
+    Raises:
+        ValueError: one error listing each bad ``MODEL.SPARSE.*`` key with its value and its valid
+            range or choices, e.g. ``MODEL.SPARSE.PU.PRIOR = 1.5: must be in (0, 1)``.
+    """
+    from sparse_ext.losses.exclusive_cross_entropy import CONFIDENCE_MODES
+    from sparse_ext.losses.nnpu import MODES, NONNEGATIVE
+
+    sparse = cfg.MODEL.SPARSE
+    errors: List[str] = []
+    for key in ("ROI_LOSS", "RPN_LOSS"):
+        # the message lists the names as check_loss_name does; the case is free
+        loss = sparse[key].lower() if isinstance(sparse[key], str) else sparse[key]
+        _check_choice(errors, f"MODEL.SPARSE.{key}", loss, VALID_LOSSES)
+
+    ece = sparse.ECE
+    _check_schedule(errors, "MODEL.SPARSE.ECE.SCHEDULE", ece.SCHEDULE, "rho, a confidence")
+    _check_schedule(errors, "MODEL.SPARSE.ECE.SAMPLING", ece.SAMPLING, "a keep probability")
+    _check_choice(errors, "MODEL.SPARSE.ECE.CONFIDENCE", ece.CONFIDENCE, CONFIDENCE_MODES)
+    _check_number(errors, "MODEL.SPARSE.ECE.FOCAL_ALPHA", ece.FOCAL_ALPHA, 0.0)
+    _check_number(errors, "MODEL.SPARSE.ECE.FOCAL_GAMMA", ece.FOCAL_GAMMA, 0.0)
+
+    pu = sparse.PU
+    _check_number(
+        errors,
+        "MODEL.SPARSE.PU.PRIOR",
+        pu.PRIOR,
+        0.0,
+        1.0,
+        lo_open=True,
+        hi_open=True,
+        what="the class prior pi",
+    )
+    _check_number(
+        errors,
+        "MODEL.SPARSE.PU.RPN_PRIOR",
+        pu.RPN_PRIOR,
+        0.0,
+        1.0,
+        lo_open=True,
+        hi_open=True,
+        allowed=(0.0,),
+        what="the RPN's class prior; 0: use PRIOR",
+    )
+    _check_choice(errors, "MODEL.SPARSE.PU.MODE", pu.MODE, MODES)
+    _check_choice(errors, "MODEL.SPARSE.PU.NONNEGATIVE", pu.NONNEGATIVE, NONNEGATIVE)
+    _check_number(errors, "MODEL.SPARSE.PU.BETA", pu.BETA, 0.0)
+    _check_number(errors, "MODEL.SPARSE.PU.GAMMA", pu.GAMMA, 0.0, 1.0, what="Kiryo et al.")
+
+    bde = sparse.BDE
+    _check_number(errors, "MODEL.SPARSE.BDE.IOU_THRESH", bde.IOU_THRESH, 0.0, 1.0, lo_open=True)
+    _check_number(errors, "MODEL.SPARSE.BDE.SCORE_THRESH", bde.SCORE_THRESH, 0.0, 1.0)
+
+    focal = sparse.FOCAL
+    _check_number(
+        errors,
+        "MODEL.SPARSE.FOCAL.ALPHA",
+        focal.ALPHA,
+        0.0,
+        1.0,
+        allowed=(-1.0,),
+        what="-1: no alpha weighting, fvcore's convention",
+    )
+    _check_number(errors, "MODEL.SPARSE.FOCAL.GAMMA", focal.GAMMA, 0.0)
+    _raise(errors, "MODEL.SPARSE")
+
+
+def validate_sparse_test_config(cfg: CN) -> None:
+    """Check ``cfg.TEST.SPARSE`` (the evaluator's thresholds); raises one ValueError like
+    :func:`validate_sparse_config`."""
+    test = cfg.TEST.SPARSE
+    errors: List[str] = []
+    _check_number(errors, "TEST.SPARSE.IOU_THRESH", test.IOU_THRESH, 0.0, 1.0, lo_open=True)
+    _check_number(errors, "TEST.SPARSE.SCORE_THRESH", test.SCORE_THRESH, 0.0, 1.0)
+    thresholds = test.SCORE_THRESHOLDS
+    if isinstance(thresholds, (list, tuple)) and len(thresholds):
+        for i, t in enumerate(thresholds):
+            _check_number(errors, f"TEST.SPARSE.SCORE_THRESHOLDS[{i}]", t, 0.0, 1.0)
+    else:
+        errors.append(
+            f"TEST.SPARSE.SCORE_THRESHOLDS = {thresholds!r}: must be a non-empty list of numbers "
+            "in [0, 1]"
+        )
+    _check_number(
+        errors, "TEST.SPARSE.NMS_THRESH", test.NMS_THRESH, 0.0, 1.0, what="0: no extra NMS"
+    )
+    _raise(errors, "TEST.SPARSE")
+
+
 def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
     """The ExclusiveCrossEntropy module configured by ``MODEL.SPARSE.ECE``."""
     from sparse_ext.losses import ExclusiveCrossEntropy
@@ -149,17 +317,16 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
 
 def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
     """Constructor arguments of SparseFastRCNNOutputLayers (``stage="roi"``) or SparseRPN
-    (``stage="rpn"``) from ``cfg.MODEL.SPARSE``; validates the loss name and the PU prior."""
+    (``stage="rpn"``) from ``cfg.MODEL.SPARSE``, after :func:`validate_sparse_config`."""
     if stage not in ("roi", "rpn"):
         raise ValueError(f"stage must be 'roi' or 'rpn', got {stage!r}")
+    validate_sparse_config(cfg)
     sparse = cfg.MODEL.SPARSE
     key = "MODEL.SPARSE.ROI_LOSS" if stage == "roi" else "MODEL.SPARSE.RPN_LOSS"
     loss = check_loss_name(sparse.ROI_LOSS if stage == "roi" else sparse.RPN_LOSS, key)
     prior = sparse.PU.PRIOR
     if stage == "rpn" and sparse.PU.RPN_PRIOR > 0:
         prior = sparse.PU.RPN_PRIOR
-    if loss == "nnpu" and not 0.0 < prior < 1.0:
-        raise ValueError(f"MODEL.SPARSE.PU prior must be in (0, 1) for {key} nnpu, got {prior}")
     options: Dict[str, Any] = {
         "loss_name": loss,
         "max_iter": cfg.SOLVER.MAX_ITER,
@@ -249,19 +416,43 @@ def _load_yaml(path: str) -> Dict[str, Any]:
     return merged
 
 
+def resolve_config_file(config_file: str) -> str:
+    """Local path of a config file: ``model_zoo://X`` is X in the installed detectron2's model zoo
+    (:func:`model_zoo_config_file`), anything else a path.
+
+    Raises:
+        FileNotFoundError: no such file (for a path that names a model-zoo config, the message
+            suggests the ``model_zoo://`` form).
+    """
+    if config_file.startswith(MODEL_ZOO_PREFIX):
+        return model_zoo_config_file(config_file[len(MODEL_ZOO_PREFIX) :])
+    path = os.path.expanduser(config_file)
+    if os.path.isfile(path):
+        return path
+    hint = ""
+    if not os.path.isabs(path):
+        try:
+            model_zoo_config_file(path)
+            hint = f"; for Detectron2's model-zoo config write {MODEL_ZOO_PREFIX}{config_file}"
+        except (FileNotFoundError, RuntimeError):
+            pass
+    raise FileNotFoundError(f"config file not found: {config_file}{hint}")
+
+
 def load_sparse_config(config_file: str, cfg: Optional[CN] = None) -> CN:
     """Merge a YAML config into ``cfg`` (default: ``get_cfg()`` + :func:`add_sparse_config`).
 
-    Like ``cfg.merge_from_file``, and a ``_BASE_`` starting with ``model_zoo://`` names a config of
-    the installed detectron2's model zoo, so our configs reuse Detectron2's recipe without copying
-    it.
+    Like ``cfg.merge_from_file``, and ``model_zoo://X`` (as ``config_file`` or as a ``_BASE_``)
+    names the config X of the installed detectron2's model zoo (what
+    ``detectron2.model_zoo.get_config_file(X)`` returns, e.g.
+    ``model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``), so our configs reuse
+    Detectron2's recipe without copying it and without a source clone.
     """
     from detectron2.config import get_cfg
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file not found: {config_file}")
+    path = resolve_config_file(config_file)
     if cfg is None:
         cfg = get_cfg()
         add_sparse_config(cfg)
-    cfg.merge_from_other_cfg(CN(_load_yaml(config_file)))
+    cfg.merge_from_other_cfg(CN(_load_yaml(path)))
     return cfg

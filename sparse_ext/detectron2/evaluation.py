@@ -17,6 +17,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from sparse_ext.detectron2.config import validate_sparse_test_config
 from sparse_ext.metrics.detection import (
     DEFAULT_SCORE_THRESHOLDS,
     average_recall_precision,
@@ -172,8 +173,10 @@ def build_sparse_evaluators(
     """Detectron2's COCOEvaluator (bbox AP) alongside :class:`SparseDetectionEvaluator`.
 
     COCOEvaluator runs pycocotools' own evaluation when detectron2 was installed without its
-    compiled extension (``use_fast_impl=False``). Thresholds come from ``cfg.TEST.SPARSE``.
+    compiled extension (``use_fast_impl=False``). Thresholds come from ``cfg.TEST.SPARSE``
+    (checked by :func:`~sparse_ext.detectron2.config.validate_sparse_test_config`).
     """
+    validate_sparse_test_config(cfg)
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     sparse = cfg.TEST.SPARSE

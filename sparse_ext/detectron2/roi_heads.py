@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import cat
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_box_head
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from fvcore.nn import sigmoid_focal_loss
@@ -180,11 +181,39 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
 @ROI_HEADS_REGISTRY.register()
 class SparseROIHeads(StandardROIHeads):
     """StandardROIHeads with a :class:`SparseFastRCNNOutputLayers` box predictor
-    (``MODEL.ROI_HEADS.NAME: "SparseROIHeads"``)."""
+    (``MODEL.ROI_HEADS.NAME: "SparseROIHeads"``).
+
+    The predictor is built once, in the place of Detectron2's: ``_init_box_head`` below builds the
+    pooler, the box head and then the predictor as ``StandardROIHeads._init_box_head`` does, so the
+    parameters draw the same random numbers in the same order and, with
+    ``MODEL.SPARSE.ROI_LOSS: ce`` and the same seed, the model is stock Detectron2's, weights and
+    losses bit for bit (no stock predictor is built and thrown away).
+    """
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        del ret["box_predictor"]  # as Detic does: the stock predictor is replaced
-        ret["box_predictor"] = SparseFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
-        return ret
+    def _init_box_head(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        pooler_resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        in_channels = {input_shape[f].channels for f in in_features}
+        if len(in_channels) != 1:  # the box head is shared by the FPN levels
+            raise ValueError(
+                f"ROI_HEADS.IN_FEATURES {in_features} differ in channels: {in_channels}"
+            )
+        box_pooler = ROIPooler(
+            output_size=pooler_resolution,
+            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+        )
+        box_head = build_box_head(
+            cfg,
+            ShapeSpec(
+                channels=in_channels.pop(), height=pooler_resolution, width=pooler_resolution
+            ),
+        )
+        return {
+            "box_in_features": in_features,
+            "box_pooler": box_pooler,
+            "box_head": box_head,
+            "box_predictor": SparseFastRCNNOutputLayers(cfg, box_head.output_shape),
+        }
