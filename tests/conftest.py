@@ -1,8 +1,8 @@
 import importlib
-import os
 
 import pytest
 import torch
+from _frameworks import ci_is_set
 
 # The CI machine has 2 cores; keep intra-op threads bounded so tests do not oversubscribe them.
 torch.set_num_threads(2)
@@ -21,7 +21,7 @@ FRAMEWORK_MODULES = (
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not os.environ.get("CI"):
+    if not ci_is_set():
         return
     missing = []
     for name in FRAMEWORK_MODULES:

@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _frameworks import MMSEG_HINT, require
 
 from sparse_ext.benchmark.context import RunContext, SetupError
 from sparse_ext.benchmark.results import ResultsTable, cost_ratios, format_summary, summarise
 from sparse_ext.benchmark.specs import LOSSES, parse_losses, profile_for
 from sparse_ext.benchmark.synthetic import make_synthetic_nuclei
 
-pytest.importorskip("mmseg")
+require("mmseg", hint=MMSEG_HINT)
 
 # tiny runs: 32x32 crops of 64x64 frames, UNet width 8, batch 2
 TINY = dict(crop=32, unet_base_channels=8, batch_size=2)

@@ -11,27 +11,9 @@ import os
 
 import pytest
 import torch
+from _frameworks import DETECTRON2_HINT, require
 
-INSTALL_HINT = (
-    "detectron2 is not installed; install it from source: "
-    "pip install 'git+https://github.com/facebookresearch/detectron2.git' (see docs/detectron2.md)"
-)
-
-
-def _require_detectron2() -> None:
-    """Skip this module with the install hint where Detectron2 does not import; when the CI
-    environment variable is set (CI=true), fail instead: CI must run these tests."""
-    try:
-        import detectron2  # noqa: F401
-        import torchvision  # noqa: F401
-    except ImportError as e:
-        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-            msg = f"CI is set: Detectron2 must import, and it does not ({e}). {INSTALL_HINT}"
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(f"{INSTALL_HINT} ({e})", allow_module_level=True)
-
-
-_require_detectron2()
+require("detectron2", "torchvision", hint=DETECTRON2_HINT)
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import SimpleTrainer  # noqa: E402

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _frameworks import MMSEG_HINT, require
 
-pytest.importorskip("mmseg")
+require("mmseg", hint=MMSEG_HINT)
 
 from _mmseg_tiny_data import (  # noqa: E402
     CONFIGS,

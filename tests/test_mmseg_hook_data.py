@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _frameworks import MMSEG_HINT, require
 
-pytest.importorskip("mmseg")
+require("mmseg", hint=MMSEG_HINT)
 
 from _mmseg_tiny_data import (  # noqa: E402
     CONFIGS,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _frameworks import MMSEG_HINT, require
 
-pytest.importorskip("mmseg")
+require("mmseg", hint=MMSEG_HINT)
 
 from _mmseg_tiny_data import (  # noqa: E402
     CONFIGS,

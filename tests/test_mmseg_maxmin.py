@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from _frameworks import MMSEG_HINT, require
 
-pytest.importorskip("mmseg", reason="needs MMSegmentation 1.x: pip install -e .[mmseg]")
+require("mmseg", hint=MMSEG_HINT)
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402

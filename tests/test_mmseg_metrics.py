@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _frameworks import MMSEG_HINT, require
 
-pytest.importorskip("mmseg", reason="needs MMSegmentation 1.x: pip install -e .[mmseg]")
+require("mmseg", hint=MMSEG_HINT)
 
 from mmengine.evaluator import Evaluator  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
