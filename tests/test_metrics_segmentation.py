@@ -264,7 +264,7 @@ def test_masked_metrics_edge_cases():
         boundary_band(gt, -1)
 
 
-# -- max-min metrics (seed 003 Eq. 13-15) -----------------------------------------------------
+# -- max-min metrics (Belharbi et al. Eq. 13-15) -----------------------------------------------------
 
 
 def test_f1_plus_minus_hand_values():

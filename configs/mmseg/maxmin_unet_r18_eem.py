@@ -1,4 +1,4 @@
-# Max-min uncertainty weakly-supervised segmentation (Belharbi et al., seed 003) from image-level
+# Max-min uncertainty weakly-supervised segmentation (Belharbi et al., IEEE TMI 2022) from image-level
 # classes: MMSeg's UNet (fcn_unet_s5-d16) as localizer, a ResNetV1c-18 classifier, EEM regulariser.
 #
 #   SEM instead of EEM:   --cfg-options model.regularizer=sem
@@ -43,11 +43,11 @@ model = dict(
     ),
     num_classes=len(image_classes),
     regularizer="eem",  # "sem" | None
-    lam=1e-7,  # seed 003, GlaS; its ablation spans 1e-7 .. 1e-1
+    lam=1e-7,  # Belharbi et al. on GlaS; its ablation spans 1e-7 .. 1e-1
     size_weight=1.0,
     localizer_weight=1.0,
     mask=dict(omega=5.0, sigma=0.15),  # Eq. 12
-    pooling=dict(kmax=0.3, kmin=0.0, alpha=0.6),  # WILDCAT, seed 003 GlaS
+    pooling=dict(kmax=0.3, kmin=0.0, alpha=0.6),  # WILDCAT, Belharbi et al. on GlaS
     # t = min(5 * 1.01**epoch, 10); epoch = training progress * epochs (SparseLossAnnealingHook)
     barrier=dict(t0=5.0, factor=1.01, t_max=10.0, epochs=max_epochs),
     train_cfg=dict(),
@@ -111,7 +111,7 @@ val_evaluator = [dict(type="MaxMinMetric"), dict(type="SparseSegMetric", metrics
 test_evaluator = val_evaluator
 del _dataset
 
-# -- schedule (seed 003: SGD with Nesterov momentum 0.9, weight decay 1e-4, epoch-based t)
+# -- schedule (Belharbi et al.: SGD with Nesterov momentum 0.9, weight decay 1e-4, epoch-based t)
 optim_wrapper = dict(
     type="OptimWrapper",
     optimizer=dict(type="SGD", lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4),

@@ -1,4 +1,4 @@
-# "Intra+inter-instance & high res" (seed 004): the LSR loss plus cross-entropy on the pixels that
+# "Intra+inter-instance & high res" (Zhao, Hou et al.): the LSR loss plus cross-entropy on the pixels that
 # have a high-res label. Those sparse labels are read per block from train/highres/<block>.png
 # (class index per pixel, 255 = unlabelled; blocks without a file have none).
 _base_ = "./unet_s5-d16_lsr-intra-inter_lsr-blocks.py"

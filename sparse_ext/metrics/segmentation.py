@@ -1,7 +1,7 @@
 """Segmentation metrics for cell/nucleus masks (numpy/scipy/scikit-image only).
 
 - Dice and IoU of one foreground (``label > 0``, or ``label == cls``), the F1/DICE of
-  Panteli et al., ICCV 2021 (seed 000).
+  Panteli et al., ICCV 2021.
 - Aggregated Jaccard index (AJI), Kumar et al., IEEE TMI 2017, as used in the ECE supplementary
   (Table 3): every ground-truth object is paired with the predicted object of highest IoU, the
   paired intersections are summed over the paired unions plus the areas of unpaired ground-truth
@@ -356,7 +356,7 @@ def masked_dice(
     ignore_index: Optional[int] = 255,
     empty_score: float = 1.0,
 ) -> float:
-    """Dice restricted to :func:`boundary_band` (seed 004 Sec. 3.2.2: 240 px, one input block)."""
+    """Dice restricted to :func:`boundary_band` (Zhao, Hou et al. Sec. 3.2.2: 240 px, one input block)."""
     band = boundary_band(gt, width, cls=cls, ignore_index=ignore_index)
     return dice(gt, pred, cls=cls, ignore_index=ignore_index, valid=band, empty_score=empty_score)
 
@@ -370,6 +370,6 @@ def masked_iou(
     ignore_index: Optional[int] = 255,
     empty_score: float = 1.0,
 ) -> float:
-    """IoU restricted to :func:`boundary_band` (seed 004 Sec. 3.2.2)."""
+    """IoU restricted to :func:`boundary_band` (Zhao, Hou et al. Sec. 3.2.2)."""
     band = boundary_band(gt, width, cls=cls, ignore_index=ignore_index)
     return iou(gt, pred, cls=cls, ignore_index=ignore_index, valid=band, empty_score=empty_score)

@@ -8,6 +8,12 @@
                                                    an unannotated nucleus
     DATA/instances/{split}/<stem>.tif              instance maps (object metrics)
 
+The annotated fraction (the share of the nuclei that carry a label) is recorded in
+``metainfo["sparse_fraction"]``: the ``annotated_fraction`` argument, else what the converters
+recorded for a ``labels/frac<NNN>/...`` folder (``info.sparse_fraction`` of
+``annotations/train_frac<NNN>.json`` when present, else NNN / 100), else None.
+``SparseLossAnnealingHook`` hands it to the losses that derive their settings from it.
+
 Label values: 0 = background or unannotated (what ECE/nnPU treat as tentative background),
 1..C-1 = annotated classes, ``ignore_index`` (255) = left out of every loss and metric. A config
 picks the annotation fraction with ``seg_map_path='labels/frac030/train'``.
@@ -27,7 +33,9 @@ Each sample carries ``block_label`` (its labels, one per table class: a shared z
 from __future__ import annotations
 
 import csv
+import json
 import os.path as osp
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import mmcv
@@ -37,7 +45,9 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
-__all__ = ["LSRBlockDataset", "PartialNucleiDataset"]
+from sparse_ext.losses._validate import check_range
+
+__all__ = ["LSRBlockDataset", "PartialNucleiDataset", "recorded_fraction"]
 
 
 def _read_label(path: str, backend_args: Optional[dict] = None) -> np.ndarray:
@@ -66,6 +76,25 @@ def _missing(paths: Sequence[str], what: str, where: Optional[str]) -> None:
         )
 
 
+def recorded_fraction(seg_map_dir: Optional[str], data_root: Optional[str]) -> Optional[float]:
+    """The annotated fraction recorded for a sparse label folder ``.../frac<NNN>/...``.
+
+    ``info.sparse_fraction`` of ``<data_root>/annotations/train_frac<NNN>.json`` (written by
+    ``sparse-ext convert subsample`` / ``sparse-ext data fetch``) when that file exists, else
+    NNN / 100; None for a folder without ``frac<NNN>`` in its path.
+    """
+    match = re.search(r"(?:^|/)frac(\d{3})(?:/|$)", (seg_map_dir or "").replace(osp.sep, "/"))
+    if match is None:
+        return None
+    coco = osp.join(data_root or "", "annotations", f"train_frac{match.group(1)}.json")
+    if osp.isfile(coco):
+        with open(coco) as f:
+            info = json.load(f).get("info") or {}
+        if info.get("sparse_fraction") is not None:
+            return float(info["sparse_fraction"])
+    return int(match.group(1)) / 100.0
+
+
 @DATASETS.register_module()
 class PartialNucleiDataset(BaseSegDataset):
     """Images with sparse (partial) label maps; see the module docstring for layout and values.
@@ -77,6 +106,9 @@ class PartialNucleiDataset(BaseSegDataset):
             has ``inst_path`` (add it to ``PackSegInputs``' ``meta_keys`` for ``SparseSegMetric``).
         check_labels: read every label map once at start-up and raise on a size mismatch with
             its image or a value outside the classes and ``ignore_index``.
+        annotated_fraction: the share of the nuclei that carry a label, in (0, 1]; None reads
+            what the converters recorded (module docstring). Kept in
+            ``metainfo["sparse_fraction"]``.
         **kwargs: the other ``BaseSegDataset`` arguments (data_root, data_prefix, pipeline...).
     """
 
@@ -88,11 +120,19 @@ class PartialNucleiDataset(BaseSegDataset):
         seg_map_suffix: str = ".png",
         inst_suffix: str = ".tif",
         check_labels: bool = True,
+        annotated_fraction: Optional[float] = None,
         **kwargs,
     ) -> None:
+        if annotated_fraction is not None:
+            check_range("annotated_fraction", annotated_fraction, 0.0, 1.0, low_open=True)
         self.inst_suffix = inst_suffix
         self.check_labels = check_labels
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
+        if annotated_fraction is None:
+            annotated_fraction = recorded_fraction(
+                self.data_prefix.get("seg_map_path"), self.data_root
+            )
+        self._metainfo["sparse_fraction"] = annotated_fraction
 
     def _allowed_values(self) -> np.ndarray:
         classes = self._metainfo.get("classes") or ()
@@ -161,7 +201,7 @@ class PartialNucleiDataset(BaseSegDataset):
 
 @DATASETS.register_module()
 class LSRBlockDataset(BaseSegDataset):
-    """Image blocks with low-resolution labels and the (eta, rho) table of seed 004.
+    """Image blocks with low-resolution labels and the (eta, rho) table of Zhao, Hou et al.
 
     Args:
         ann_file: block label CSV (relative to ``data_root``), header ``block,z`` (one label per

@@ -1,4 +1,9 @@
-"""``SparseLossAnnealingHook`` (HOOKS): tells annealed losses how far training has got.
+"""``SparseLossAnnealingHook`` (HOOKS): tells sparse losses how far training has got and which
+share of the objects carries a label.
+
+Before training, losses that take the annotated fraction f (``set_annotated_fraction(f)``: ECE's
+background keep probability, nnPU's prior) and were not given one in the config get the fraction
+the training dataset recorded (``metainfo["sparse_fraction"]``, see ``PartialNucleiDataset``).
 
 sparse_ext's annealed losses (ECE's rho schedule and background-sampling schedule, max-min's
 log-barrier t) expose ``set_progress(p)`` with p in [0, 1], the fraction of training done. This
@@ -21,7 +26,11 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import EpochBasedTrainLoop
 from mmseg.registry import HOOKS
 
-__all__ = ["SparseLossAnnealingHook", "set_training_progress"]
+__all__ = ["SparseLossAnnealingHook", "set_annotated_fraction", "set_training_progress"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
 
 
 def set_training_progress(model: nn.Module, progress: float) -> int:
@@ -29,11 +38,9 @@ def set_training_progress(model: nn.Module, progress: float) -> int:
 
     ``progress`` is clamped to [0, 1]. Model wrappers are unwrapped.
     """
-    if is_model_wrapper(model):
-        model = model.module
     progress = min(max(float(progress), 0.0), 1.0)
     n = 0
-    for module in model.modules():
+    for module in _unwrap(model).modules():
         set_progress = getattr(module, "set_progress", None)
         if callable(set_progress):
             set_progress(progress)
@@ -41,9 +48,26 @@ def set_training_progress(model: nn.Module, progress: float) -> int:
     return n
 
 
+def set_annotated_fraction(model: nn.Module, fraction: float) -> int:
+    """Give ``fraction`` to every sub-module of ``model`` that takes one and has none yet.
+
+    Modules with ``set_annotated_fraction`` and ``annotated_fraction is None`` are set; a
+    fraction given in the config is kept. Returns how many were set.
+    """
+    n = 0
+    for module in _unwrap(model).modules():
+        setter = getattr(module, "set_annotated_fraction", None)
+        if callable(setter) and getattr(module, "annotated_fraction", None) is None:
+            setter(fraction)
+            n += 1
+    return n
+
+
 @HOOKS.register_module()
 class SparseLossAnnealingHook(Hook):
-    """Set the training progress of annealed losses before each training iteration.
+    """Set the annotated fraction of sparse losses before training (from the training dataset's
+    ``metainfo["sparse_fraction"]``, where the config gave none) and the training progress of
+    annealed losses before each training iteration.
 
     Args:
         by_epoch: progress by epochs (``epoch / max_epochs``) or by iterations
@@ -63,6 +87,17 @@ class SparseLossAnnealingHook(Hook):
         if by_epoch:
             return runner.epoch / max(runner.max_epochs, 1)
         return runner.iter / max(runner.max_iters, 1)
+
+    def before_train(self, runner) -> None:
+        dataset = getattr(runner.train_dataloader, "dataset", None)
+        fraction = getattr(dataset, "metainfo", {}).get("sparse_fraction")
+        if fraction is not None:
+            n = set_annotated_fraction(runner.model, float(fraction))
+            if n:
+                runner.logger.info(
+                    f"SparseLossAnnealingHook: annotated fraction {float(fraction):.3g} (recorded "
+                    f"by the training data) given to {n} loss module(s)"
+                )
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         set_training_progress(runner.model, self.progress(runner))

@@ -1,7 +1,7 @@
 """``MaxMinSegmentor`` (MODELS): weakly-supervised segmentation from image-level classes.
 
 Belharbi et al., "Deep interpretable classification and weakly-supervised segmentation of
-histology images via max-min uncertainty" (seed 003, Fig. 2 and Algorithm 1). Wiring only; the
+histology images via max-min uncertainty" (Belharbi et al., Fig. 2 and Algorithm 1). Wiring only; the
 arithmetic is in :mod:`sparse_ext.losses.maxmin_objective` and :mod:`sparse_ext.losses.maxmin`.
 
 - Localizer: any MMSeg ``backbone`` (+ optional ``neck``) and ``decode_head`` whose
@@ -84,7 +84,7 @@ class MaxMinClassifier(nn.Module):
 
 @MODELS.register_module()
 class MaxMinSegmentor(BaseSegmentor):
-    """Localizer + classifier trained with the max-min uncertainty objective (seed 003 Eq. 7).
+    """Localizer + classifier trained with the max-min uncertainty objective (Belharbi et al. Eq. 7).
 
     Args:
         backbone, neck, decode_head: the localizer (MMSeg configs); ``decode_head.num_classes``
@@ -167,7 +167,7 @@ class MaxMinSegmentor(BaseSegmentor):
     # -- log-barrier annealing ---------------------------------------------------------------
 
     def set_epoch(self, epoch: float) -> None:
-        """t = min(t0 * factor**epoch, t_max) (seed 003 Sec. 4 (a))."""
+        """t = min(t0 * factor**epoch, t_max) (Belharbi et al. Sec. 4 (a))."""
         self.epoch = float(epoch)
         self.t = barrier_t(epoch, **self.barrier_cfg)
 

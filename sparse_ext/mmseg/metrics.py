@@ -168,7 +168,7 @@ class SparseSegMetric(BaseMetric):
 
 @METRICS.register_module()
 class MaxMinMetric(BaseMetric):
-    """F1+ / F1- (seed 003 Eq. 14/15, mean over images) and classification error (Eq. 13, %).
+    """F1+ / F1- (Belharbi et al. Eq. 14/15, mean over images) and classification error (Eq. 13, %).
 
     The predicted class is the data sample's ``pred_img_label`` (set by ``MaxMinSegmentor``), the
     true class its metainfo ``img_label``. Samples without ``gt_sem_seg`` count towards the

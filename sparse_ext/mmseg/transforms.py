@@ -1,7 +1,7 @@
 """Block labels as label maps (TRANSFORMS ``LoadBlockLabel``), so that stock decode heads carry
 them to ``LabelSuperResolutionLoss``.
 
-Label super-resolution (seed 004) trains from one low-resolution label z per image block (per
+Label super-resolution (Zhao, Hou et al.) trains from one low-resolution label z per image block (per
 high-res class l in the per-class form) instead of a pixel mask. MMSeg's decode heads pass only
 ``gt_sem_seg`` to their losses, so ``LoadBlockLabel`` writes each block's labels into a constant
 ``gt_seg_map`` that MMSeg's geometric transforms (flip, crop, resize, pad) carry unchanged, and the

@@ -4,7 +4,7 @@
 #   DATA/{train,val,test}/masks/<same>.png                 high-res class masks (evaluation only)
 #   DATA/train/block_labels.csv                            "block,z" or "block,z_<class>,..."
 #   DATA/train/table.json                                  {"classes", "labels", "eta", "rho"}
-# Batches: 2 groups of 10 blocks sharing a label (seed 004), GroupedBlockBatchSampler.
+# Batches: 2 groups of 10 blocks sharing a label (Zhao, Hou et al.), GroupedBlockBatchSampler.
 # Override the root with tools/mmseg_train.py --cfg-options data_root=DATA (also retargets the
 # loss's table path; with MMSeg's own tools set the datasets' data_root and
 # model.decode_head.loss_decode.table).
