@@ -80,7 +80,7 @@ if ! "$PY" -c "import detectron2, detectron2._C" >/dev/null 2>&1; then
     pipi --no-deps detectron2
   else
     echo "[setup] no prebuilt Detectron2 wheel in PIP_FIND_LINKS: building Detectron2 from $D2_SOURCE" >&2
-    echo "[setup] (1-2 minutes on 2 cores; needs git and a C++ compiler). To skip it, point PIP_FIND_LINKS" >&2
+    echo "[setup] (3-7 minutes on 2 cores; needs git and a C++ compiler). To skip it, point PIP_FIND_LINKS" >&2
     echo "[setup] at a folder holding detectron2-*.whl (see README)." >&2
     MAX_JOBS=${MAX_JOBS:-2} pipi --no-deps --no-build-isolation "$D2_SOURCE"
   fi
