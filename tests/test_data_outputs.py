@@ -33,8 +33,7 @@ from sparse_ext.data import (
     subsample_coco,
     tile_image,
 )
-from sparse_ext.data.io import OutputSet, check_outputs, write_json
-from sparse_ext.data.subsample import encode_each
+from sparse_ext.data.io import OutputSet, check_outputs, encode_each, write_json
 
 
 def tree(root: Path) -> Dict[str, str]:
@@ -334,7 +333,7 @@ def test_encode_each_is_json_dumps_of_each_item():
         None,
         {"nested": {"k": [{"a": 1}, {"b": "\n"}]}},
     ]
-    assert encode_each(items) == [json.dumps(i, separators=(",", ":")) for i in items]
+    assert encode_each(items) == [json.dumps(i, separators=(",", ":")).encode() for i in items]
     assert encode_each([]) == []
 
 

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import json
 import os
+import re
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from itertools import chain
+from json.decoder import scanstring
 from operator import itemgetter
 from pathlib import Path
 from typing import (
@@ -53,14 +57,18 @@ TIFF_EXTENSIONS = (".tif", ".tiff", ".svs", ".ndpi", ".btf")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CocoText",
     "OutputSet",
     "Summary",
     "atomic_path",
     "check_outputs",
     "coco_arrays",
+    "encode_each",
+    "gc_paused",
     "list_images",
     "load_coco",
     "load_coco_columns",
+    "load_coco_text",
     "progress",
     "read_image",
     "validate_coco",
@@ -86,6 +94,23 @@ def progress(
     from tqdm import tqdm
 
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=not verbose))
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside the block (its state is restored after).
+
+    Building millions of JSON objects otherwise triggers collections that walk every object made
+    so far: ``json.loads`` of a 1e6-annotation file runs about 2.5 times slower with the collector
+    on. Parsed JSON holds no reference cycles, so pausing it frees nothing later than it would be.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # -- output checks -------------------------------------------------------------------------------
@@ -281,8 +306,8 @@ class OutputSet:
             self._inputs.check_file(f)
         for d in folders:
             self._inputs.check_folder(d)
-        self._staged: List[Tuple[str, Path]] = []
-        self._dests: Set[Path] = set()
+        self._staged: List[Tuple[str, str]] = []  # (temporary, destination); plain strings:
+        self._dests: Set[str] = set()  # a slide can have 1e5 tiles
         self._created: List[Path] = []
         self.committed: List[str] = []
 
@@ -313,12 +338,12 @@ class OutputSet:
         """
         dest = Path(dest)
         self._inputs.check_file(dest)
-        key = _resolve(dest)
+        key = str(_resolve(dest))
         if key in self._dests:
             raise ValueError(f"two outputs of this run would be written to {dest}")
         self._mkdir(dest.parent)
         tmp = _temp_beside(dest)
-        self._staged.append((tmp, dest))
+        self._staged.append((tmp, str(dest)))
         self._dests.add(key)
         return tmp
 
@@ -421,12 +446,13 @@ def load_coco_columns(
         raise FileNotFoundError(f"COCO file not found: {path}")
     with open(path) as f:
         text = f.read()
-    try:
-        coco = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    del text
-    arrays = validate_coco(coco, source=str(path), check_bounds=check_bounds)
+    with gc_paused():
+        try:
+            coco = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        del text
+        arrays = validate_coco(coco, source=str(path), check_bounds=check_bounds)
     return coco, arrays
 
 
@@ -457,6 +483,14 @@ def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True)
     ids; every annotation's image and category exist; boxes are 4 finite numbers with non-negative
     width/height and (``check_bounds``) lie inside their image.
     """
+    img_ids, cat_ids = _validate_top(coco, source)
+    arr = coco_arrays(coco, source=source)  # names the first annotation lacking a key
+    _validate_columns(arr, img_ids, cat_ids, coco["images"], source, check_bounds)
+    return arr
+
+
+def _validate_top(coco: Any, source: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-level keys, image and category records; returns the image and category ids."""
     if not isinstance(coco, Mapping):
         raise ValueError(f"{source}: top level must be a JSON object")
     for key in ("images", "annotations", "categories"):
@@ -466,12 +500,22 @@ def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True)
             raise ValueError(f"{source}: '{key}' must be a list")
     _first_missing(coco["images"], _IMAGE_KEYS, "images", source)
     _first_missing(coco["categories"], ("id", "name"), "categories", source)
-    images = coco["images"]
-    img_ids = np.array([im["id"] for im in images], dtype=np.int64)
+    img_ids = np.array([im["id"] for im in coco["images"]], dtype=np.int64)
     if _has_duplicates(img_ids):
         raise ValueError(f"{source}: duplicate image ids")
     cat_ids = np.array([c["id"] for c in coco["categories"]], dtype=np.int64)
-    arr = coco_arrays(coco, source=source)  # names the first annotation lacking a key
+    return img_ids, cat_ids
+
+
+def _validate_columns(
+    arr: CocoArrays,
+    img_ids: np.ndarray,
+    cat_ids: np.ndarray,
+    images: Sequence[Mapping[str, Any]],
+    source: str,
+    check_bounds: bool,
+) -> None:
+    """Unique annotation ids, known images and categories, valid boxes inside their image."""
     if _has_duplicates(arr.ann_ids):
         raise ValueError(f"{source}: duplicate annotation ids")
     bad = ~np.isin(arr.image_ids, img_ids)
@@ -514,7 +558,6 @@ def validate_coco(coco: Any, *, source: str = "COCO", check_bounds: bool = True)
                 f"outside its image {int(arr.image_ids[i])} of size "
                 f"{int(wh[i, 0])}x{int(wh[i, 1])} (width x height)"
             )
-    return arr
 
 
 @dataclass
@@ -527,6 +570,17 @@ class CocoArrays:
     bboxes: np.ndarray  # (n, 4) float64 [x, y, w, h]
 
 
+def _column_arrays(ids, image_ids, category_ids, boxes: list, n: int) -> CocoArrays:
+    """Columns from iterables of the values (raises KeyError/TypeError/ValueError on bad ones)."""
+    ann_ids = np.fromiter(ids, np.int64, n)
+    image_ids = np.fromiter(image_ids, np.int64, n)
+    category_ids = np.fromiter(category_ids, np.int64, n)
+    if n and not (np.fromiter(map(len, boxes), np.int64, n) == 4).all():
+        raise ValueError("a bbox is not 4 numbers")
+    bboxes = np.fromiter(chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
+    return CocoArrays(ann_ids, image_ids, category_ids, bboxes)
+
+
 def coco_arrays(coco: Mapping[str, Any], *, source: str = "COCO") -> CocoArrays:
     """Columns of ``coco['annotations']`` as numpy arrays (KeyError naming a missing key).
 
@@ -535,28 +589,211 @@ def coco_arrays(coco: Mapping[str, Any], *, source: str = "COCO") -> CocoArrays:
     anns = coco["annotations"]
     n = len(anns)
     try:
-        ann_ids = np.fromiter(map(itemgetter("id"), anns), np.int64, n)
-        image_ids = np.fromiter(map(itemgetter("image_id"), anns), np.int64, n)
-        category_ids = np.fromiter(map(itemgetter("category_id"), anns), np.int64, n)
-    except (KeyError, TypeError, ValueError):
-        _first_missing(anns, ("id", "image_id", "category_id"), "annotations", source)
-        raise ValueError(f"{source}: annotation ids must be integers") from None
-    try:
         boxes = list(map(itemgetter("bbox"), anns))
-        if n and not (np.fromiter(map(len, boxes), np.int64, n) == 4).all():
-            raise ValueError("a bbox is not 4 numbers")
-        bboxes = np.fromiter(chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
+        return _column_arrays(
+            map(itemgetter("id"), anns),
+            map(itemgetter("image_id"), anns),
+            map(itemgetter("category_id"), anns),
+            boxes,
+            n,
+        )
     except (KeyError, TypeError, ValueError):
-        _first_missing(anns, ("bbox",), "annotations", source)
-        for i, a in enumerate(anns):
-            bb = a["bbox"]
-            if not isinstance(bb, (list, tuple)) or len(bb) != 4:
-                raise ValueError(
-                    f"{source}: annotations[{i}] (id={a.get('id')}) bbox must be a list of "
-                    f"4 numbers, got {bb!r}"
-                ) from None
-        raise ValueError(f"{source}: bbox values must be numbers") from None
-    return CocoArrays(ann_ids, image_ids, category_ids, bboxes)
+        pass
+    _first_missing(anns, ("id", "image_id", "category_id", "bbox"), "annotations", source)
+    for key in ("id", "image_id", "category_id"):
+        try:
+            np.fromiter(map(itemgetter(key), anns), np.int64, n)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: annotation ids must be integers ('{key}')") from None
+    for i, a in enumerate(anns):
+        bb = a["bbox"]
+        if not isinstance(bb, (list, tuple)) or len(bb) != 4:
+            raise ValueError(
+                f"{source}: annotations[{i}] (id={a.get('id')}) bbox must be a list of "
+                f"4 numbers, got {bb!r}"
+            )
+    raise ValueError(f"{source}: bbox values must be numbers")
+
+
+# -- COCO files read for subsetting ----------------------------------------------------------------
+
+
+def encode_each(items: Sequence[Any]) -> List[bytes]:
+    """Compact JSON of every item, as the bytes of ``json.dumps(item, separators=(",", ":"))``,
+    from one call of the C encoder: the items are dumped as one list with a random separator string
+    between them and the text is split at it. Should the separator occur anywhere else (it cannot,
+    short of guessing a random 128-bit token), the split count shows it and the items are encoded
+    one by one. (``json.dumps`` escapes non-ASCII characters, so the text is ASCII.)"""
+    n = len(items)
+    if n == 0:
+        return []
+    token = "\x00" + uuid.uuid4().hex  # encoded as "\u0000<hex>": never a raw NUL in the text
+    interleaved: List[Any] = [token] * (2 * n - 1)
+    interleaved[::2] = items
+    text = json.dumps(interleaved, separators=(",", ":")).encode("ascii")
+    parts = text[1:-1].split(b"," + json.dumps(token).encode("ascii") + b",")
+    if len(parts) == n:
+        return parts
+    return [json.dumps(i, separators=(",", ":")).encode("ascii") for i in items]  # pragma: no cover
+
+
+@dataclass
+class CocoText:
+    """A validated COCO file read for writing subsets of its annotations.
+
+    ``head`` is the top-level object without ``annotations`` (parsed), ``arrays`` the annotations'
+    columns, ``texts`` the JSON text (bytes) of every annotation and ``instance_ids`` their
+    ``instance_id`` values (``None`` where missing). Subsets are written from the texts, so an
+    annotation is never decoded and encoded again: copied verbatim from the input (or, when the
+    file had to be read the slow way, as ``json.dumps`` writes it)."""
+
+    head: Dict[str, Any]
+    arrays: CocoArrays
+    texts: np.ndarray  # object array of bytes
+    instance_ids: List[Any]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def write_subset(self, path: PathLike, keep: np.ndarray, head: Mapping[str, Any]) -> None:
+        """Write ``{**head, "annotations": [annotation k for k in keep]}`` (compact JSON)."""
+        text = json.dumps(dict(head), separators=(",", ":")).encode("ascii")
+        with open(path, "wb") as f:
+            f.write(text[:-1] + (b"," if head else b"") + b'"annotations":[')
+            f.write(b",".join(self.texts[keep].tolist()))
+            f.write(b"]}")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _scan_coco(text: str):
+    """One pass over a COCO document that parses the annotations one at a time, keeping their
+    offsets and the columns a converter needs but not the annotation objects (the C scanner of the
+    json module does the parsing). Returns ``(head, starts, ends, columns)``, or None whenever the
+    text is not a JSON object with one ``annotations`` array of objects holding those keys: the
+    caller then reads it with ``json.loads`` and reports what is wrong."""
+    try:
+        return _scan_top(text)
+    except (AttributeError, IndexError, KeyError, StopIteration, TypeError, ValueError):
+        return None
+
+
+def _scan_top(text: str):
+    scan = json.JSONDecoder().scan_once
+    ws = _WS.match
+    head: Dict[str, Any] = {}
+    found = None
+    i = ws(text, 0).end()
+    if text[i] != "{":
+        return None
+    i = ws(text, i + 1).end()
+    while True:
+        if text[i] != '"':
+            return None
+        key, i = scanstring(text, i + 1)
+        i = ws(text, i).end()
+        if text[i] != ":":
+            return None
+        i = ws(text, i + 1).end()
+        if key == "annotations":
+            if found is not None or text[i] != "[":
+                return None  # a repeated key or not an array: json.loads decides
+            found = _scan_annotations(text, i, scan, ws)
+            if found is None:
+                return None
+            i = found[-1]
+        else:
+            head[key], i = scan(text, i)
+        i = ws(text, i).end()
+        if text[i] == ",":
+            i = ws(text, i + 1).end()
+            continue
+        if text[i] != "}":
+            return None
+        break
+    if found is None or ws(text, i + 1).end() != len(text):
+        return None
+    return (head, *found[:-1])
+
+
+def _scan_annotations(text: str, i: int, scan, ws):
+    starts: List[int] = []
+    ends: List[int] = []
+    cols: Tuple[List[Any], ...] = ([], [], [], [], [])
+    s_app, e_app = starts.append, ends.append
+    id_app, img_app, cat_app, box_app, inst_app = (c.append for c in cols)
+    i = ws(text, i + 1).end()
+    if text[i] == "]":
+        return starts, ends, cols, i + 1
+    while True:
+        obj, end = scan(text, i)
+        s_app(i)
+        e_app(end)
+        id_app(obj["id"])
+        img_app(obj["image_id"])
+        cat_app(obj["category_id"])
+        box_app(obj["bbox"])
+        inst_app(obj.get("instance_id"))
+        c = text[end]
+        if c == ",":
+            i = end + 1
+            if text[i] in " \t\n\r":
+                i = ws(text, i).end()
+            continue
+        if c != "]":
+            end = ws(text, end).end()
+            c = text[end]
+            if c == ",":
+                i = ws(text, end + 1).end()
+                continue
+            if c != "]":
+                return None
+        return starts, ends, cols, end + 1
+
+
+def load_coco_text(path: PathLike, *, check_bounds: bool = True) -> CocoText:
+    """Read and validate a COCO file (as :func:`load_coco`) for writing subsets of it.
+
+    Fast path (a million annotations in about half the time of ``json.loads`` + encoding): the
+    annotations are parsed one at a time by the json module's C scanner, their columns kept and
+    their text sliced from the file, without keeping the annotation objects. Anything unusual (a
+    repeated ``annotations`` key, an annotation lacking a key, bad values) goes the slow way,
+    ``json.loads`` and :func:`validate_coco`, whose errors name what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO file not found: {path}")
+    with open(path) as f:
+        text = f.read()
+    source = str(path)
+    with gc_paused():
+        scanned = _scan_coco(text)
+        if scanned is not None:
+            head, starts, ends, (ids, img, cat, boxes, inst) = scanned
+            try:
+                arrays = _column_arrays(ids, img, cat, boxes, len(ids))
+            except (KeyError, TypeError, ValueError):
+                scanned = None  # the slow path names the bad value
+        if scanned is None:
+            try:
+                coco = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON: {e}") from e
+            arrays = validate_coco(coco, source=source, check_bounds=check_bounds)
+            anns = coco.pop("annotations")
+            texts = np.empty(len(anns), dtype=object)
+            texts[:] = encode_each(anns)
+            return CocoText(coco, arrays, texts, [a.get("instance_id") for a in anns])
+        img_ids, cat_ids = _validate_top({**head, "annotations": []}, source)
+        _validate_columns(arrays, img_ids, cat_ids, head["images"], source, check_bounds)
+        texts = np.empty(len(starts), dtype=object)
+        if text.isascii():  # str offsets are byte offsets
+            raw = text.encode("ascii")
+            del text
+            texts[:] = [raw[a:b] for a, b in zip(starts, ends)]
+        else:
+            texts[:] = [text[a:b].encode("utf-8") for a, b in zip(starts, ends)]
+        return CocoText(head, arrays, texts, inst)
 
 
 # -- summaries ------------------------------------------------------------------------------------

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import heapq
 from pathlib import Path
-from typing import Any, Dict
 
 import numpy as np
 
-from sparse_ext.data.io import OutputSet, PathLike, Summary, load_coco_columns, progress
+from sparse_ext.data.io import OutputSet, PathLike, Summary, gc_paused, load_coco_text, progress
 
 __all__ = [
     "grid_origins",
@@ -129,17 +128,17 @@ def one_per_patch(
     in_json, out_json = Path(in_json), Path(out_json)
     outputs = OutputSet([in_json], files=[out_json])
     grid_origins(patch + 1, patch, overlap)  # validates patch/overlap before any work
-    coco, arr = load_coco_columns(in_json)
+    with gc_paused():
+        coco = load_coco_text(in_json)
+    arr = coco.arrays
+    images = coco.head["images"]
     centres = arr.bboxes[:, :2] + arr.bboxes[:, 2:] / 2
     priority = np.random.default_rng(seed).permutation(len(arr.ann_ids))
     keep = np.zeros(len(arr.ann_ids), bool)
     order = np.argsort(arr.image_ids, kind="stable")
     sorted_ids = arr.image_ids[order]
     stats = {"patches": 0, "patches with one": 0, "patches left empty": 0}
-    images = progress(
-        coco["images"], "one-per-patch", total=len(coco["images"]), verbose=verbose, unit="image"
-    )
-    for im in images:
+    for im in progress(images, "one-per-patch", total=len(images), verbose=verbose, unit="image"):
         lo, hi = np.searchsorted(sorted_ids, [im["id"], im["id"] + 1])
         sel = order[lo:hi]
         ann, cell, n_patch = patch_membership(
@@ -154,20 +153,17 @@ def one_per_patch(
             stats["patches with one"] += int((held == 1).sum())
             stats["patches left empty"] += int(((held == 0) & has_any).sum())
     n = len(keep)
-    out: Dict[str, Any] = {k: v for k, v in coco.items() if k != "annotations"}
-    info = dict(coco.get("info") or {})
+    info = dict(coco.head.get("info") or {})
     info.update(
         sparse_fraction=float(keep.sum() / n) if n else 0.0,
         sparse_protocol={"name": "one_per_patch", "patch": patch, "overlap": overlap, "seed": seed},
         sparse_source=in_json.name,
     )
-    out["info"] = info
-    out["annotations"] = [a for a, k in zip(coco["annotations"], keep) if k]
     with outputs:
-        outputs.write_json(out_json, out)
+        coco.write_subset(outputs.path(out_json), np.flatnonzero(keep), {**coco.head, "info": info})
     return Summary(
         "one-per-patch",
-        images=len(coco["images"]),
+        images=len(images),
         kept=int(keep.sum()),
         dropped=int(n - keep.sum()),
         outputs=[str(out_json)],
