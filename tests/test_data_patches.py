@@ -1,4 +1,5 @@
-"""one-per-patch (seed 002 protocol): at most one annotation per patch, exactly one where possible."""
+"""one-per-patch (Zhao, Pang et al., MICCAI 2021, Sec. 3.1): at most one annotation per patch,
+exactly one where possible."""
 
 from __future__ import annotations
 

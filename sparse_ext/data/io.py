@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 
-# -- progress ---------------------------------------------------------------------------------------
+# -- progress -------------------------------------------------------------------------------------
 
 
 def progress(
@@ -162,7 +162,7 @@ class _Inputs:
             if o == d or _inside(o, d):
                 raise ValueError(
                     f"output folder {out} {'is' if o == d else 'lies inside'} the input folder "
-                    f"{name}: its files could be overwritten; choose an output folder outside {name}"
+                    f"{name}: its files could be overwritten; choose a folder outside {name}"
                 )
         for f, name in self.files:
             if f == o:

@@ -87,7 +87,7 @@ def nested_fractions(
         group_size[order] = sizes[group]
     else:
         rank = priority.astype(np.int64)
-        group_size = np.full(n, n, np.int64)
+        group_size = np.int64(n)  # one group: a scalar count, not an array of n copies
     result = np.full(n, 101, np.int64)
     for f in sorted(fractions, reverse=True):  # a few fractions, each a vector op
         result[rank < exact_count(group_size, f)] = f

@@ -7,7 +7,9 @@ is memory-mapped), annotations are assigned to tiles by index arithmetic on the 
 tile x box loop). PNG/JPEG cannot be read partially and are loaded whole. ``tiffslide`` is used
 when asked for (``backend="tiffslide"``) and installed; it is not a dependency.
 
-Zhao, Pang et al., MICCAI 2021, Sec. 3.1: "we generated prediction boxes for each 500x500 patch, mapped the coordinates of these boxes back into the image, and performed non-maximum
+Zhao, Pang, Liu, Ye, "Positive-unlabeled learning for cell detection in histopathology images with
+incomplete annotations", MICCAI 2021, Sec. 3.1: "we generated prediction boxes for each 500x500
+patch, mapped the coordinates of these boxes back into the image, and performed non-maximum
 suppression to merge duplicate bounding boxes."
 """
 
