@@ -135,7 +135,7 @@ def test_rho_one_is_exactly_cross_entropy_with_ignored_pixels():
     logits.requires_grad_()
     want = F.cross_entropy(logits, target, ignore_index=255)
     (want_grad,) = torch.autograd.grad(want, logits)
-    for kw in ({"rho": 1.0}, {"rho": 3.0}, {"rho": 1.0, "confidence": "margin"}):
+    for kw in ({"rho": 1.0}, {"rho": 1.0, "confidence": "margin"}):
         got = exclusive_cross_entropy(logits, target, **kw)
         assert torch.equal(got, want)
         (grad,) = torch.autograd.grad(got, logits)
@@ -310,6 +310,8 @@ def test_parity_with_reference_package(c, rho, focal):
 def test_finite_for_any_scale_and_mask_pattern(
     seed, log_scale, c, pattern, confidence, rho, focal, sample_prob, reduction, dtype
 ):
+    if confidence != "logit_margin":
+        rho = min(rho, 1.0)  # a probability threshold
     g = torch.Generator().manual_seed(seed)
     sigmoid = c == 1
     classes = 2 if sigmoid else c
@@ -397,7 +399,7 @@ def test_errors():
         exclusive_cross_entropy(logits, target, (target != 0).float())
     with pytest.raises(ValueError, match="sample_prob"):
         exclusive_cross_entropy(logits, target, sample_prob=1.5)
-    with pytest.raises(ValueError, match="rho is NaN"):
+    with pytest.raises(ValueError, match=r"rho must be in \[0, 1\], got nan"):
         exclusive_cross_entropy(logits, target, rho=float("nan"))
     with pytest.raises(ValueError, match="focal_gamma"):
         exclusive_cross_entropy(logits, target, focal_gamma=-1.0)

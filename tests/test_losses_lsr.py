@@ -101,8 +101,8 @@ def test_inter_with_one_block_per_group_has_zero_variance():
 
 def test_alpha_scales_rho_and_per_class_labels():
     logits = make_blocks(seed=3)
-    a = lsr_loss(logits, Z, ETA, RHO, mode="intra", alpha=2.0)
-    b = lsr_loss(logits, Z, ETA, 2.0 * RHO, mode="intra")
+    a = lsr_loss(logits, Z, ETA, RHO, mode="intra", alpha=0.5)
+    b = lsr_loss(logits, Z, ETA, 0.5 * RHO, mode="intra")
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
     per_class = torch.stack([Z, Z], dim=1)
     assert lsr_loss(logits, per_class, ETA, RHO).item() == pytest.approx(

@@ -1,4 +1,6 @@
-"""sparse_ext.losses.maxmin_objective against hand-computed values of seed 003 (Eq. 7, 12)."""
+"""sparse_ext.losses.maxmin_objective against hand-computed values of Belharbi et al., "Deep
+interpretable classification and weakly-supervised segmentation of histology images via max-min
+uncertainty", IEEE TMI 2022 (arXiv:2011.07221), Eq. 7 and 12."""
 
 from __future__ import annotations
 

@@ -230,14 +230,14 @@ def test_lsr_module_equals_core_function(mode, distance):
     z = torch.tensor([0, 1, 1, 2, 2, 2])
     label = _block_maps(z.tolist(), pad_rows=2)
     module = LabelSuperResolutionLoss(
-        table=TABLE, mode=mode, alpha=1.5, loss_weight=2.0, distance=distance
+        table=TABLE, mode=mode, alpha=0.75, loss_weight=2.0, distance=distance
     )
     got = module(logits, label)
     eta, rho = torch.tensor(TABLE["eta"]), torch.tensor(TABLE["rho"])
     valid = torch.ones(6, 8, 8, dtype=torch.bool)
     valid[:, 6:] = False
     want = 2.0 * lsr_loss(
-        logits, z, eta, rho, mode=mode, alpha=1.5, valid_mask=valid, distance=distance
+        logits, z, eta, rho, mode=mode, alpha=0.75, valid_mask=valid, distance=distance
     )
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(_grad(got, logits), _grad(want, logits))
@@ -285,8 +285,68 @@ def test_lsr_clear_errors():
         module(logits, torch.full((2, 4, 4), 256 * (9 + 1) + 255))
     with pytest.raises(ValueError, match="predicts 3 classes, the LSR table has 2"):
         module(torch.randn(2, 3, 4, 4), _block_maps([0, 1], 4, 4))
-    with pytest.raises(ValueError, match="mode must be"):
+    with pytest.raises(ValueError, match="unknown mode .both.; expected one of intra"):
         LabelSuperResolutionLoss(table=TABLE, mode="both")
+
+
+# -- settings out of range fail when the model is built, naming the setting
+
+
+BAD_LOSS_SETTINGS = [
+    (dict(type="ExclusiveCrossEntropyLoss", schedule=1.5), r"schedule \(rho\) value must be in"),
+    (
+        dict(type="ExclusiveCrossEntropyLoss", schedule=dict(type="linear", start=0.1, end=2.0)),
+        r"schedule \(rho\) end must be in \[0, 1\], got 2",
+    ),
+    (
+        dict(type="ExclusiveCrossEntropyLoss", sampling_schedule=-0.5),
+        r"sampling_schedule \(keep probability\) value must be in \[0, 1\]",
+    ),
+    (dict(type="ExclusiveCrossEntropyLoss", focal_alpha=1.5), r"focal_alpha must be in \[0, 1\]"),
+    (dict(type="ExclusiveCrossEntropyLoss", focal_gamma=-2.0), "focal_gamma must be a finite"),
+    (dict(type="ExclusiveCrossEntropyLoss", loss_weight=-1.0), "loss_weight must be a finite"),
+    (dict(type="NonNegativePULoss", prior=0.0), r"prior must be in \(0, 1\), got 0"),
+    (dict(type="NonNegativePULoss", prior=0.2, gamma=2.0), r"gamma must be in \[0, 1\], got 2"),
+    (dict(type="NonNegativePULoss", prior=0.2, beta=-0.1), "beta must be a finite number >= 0"),
+    (dict(type="NonNegativePULoss", prior=0.2, mode="pu"), "unknown mode 'pu'"),
+    (dict(type="LabelSuperResolutionLoss", table=TABLE, alpha=1.5), r"alpha must be in \[0, 1\]"),
+    (
+        dict(type="LabelSuperResolutionLoss", table=TABLE, variance_floor=0.0),
+        "variance_floor must be a finite number > 0, got 0",
+    ),
+    (
+        dict(type="LabelSuperResolutionLoss", table=TABLE, highres_weight=-1.0),
+        "highres_weight must be a finite number >= 0",
+    ),
+    (dict(type="OneHotFocalLoss", gamma=-1.0), "gamma must be a finite number >= 0, got -1"),
+    (dict(type="OneHotFocalLoss", alpha=1.5), r"alpha must be in \[0, 1\], got 1.5"),
+    (dict(type="OneHotFocalLoss", alpha=[0.5, 2.0]), r"alpha\[1\] must be in \[0, 1\], got 2"),
+]
+
+
+@pytest.mark.parametrize("cfg, message", BAD_LOSS_SETTINGS)
+def test_bad_loss_settings_fail_when_the_model_is_built(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        MODELS.build(dict(cfg))
+    head = dict(
+        type="FCNHead",
+        in_channels=4,
+        channels=4,
+        num_convs=1,
+        num_classes=2,
+        loss_decode=dict(cfg),
+    )
+    with pytest.raises(ValueError, match=message):
+        MODELS.build(head)
+
+
+def test_good_loss_settings_build():
+    MODELS.build(dict(type="ExclusiveCrossEntropyLoss", schedule="paper_table2"))
+    MODELS.build(dict(type="ExclusiveCrossEntropyLoss", schedule=4.0, confidence="logit_margin"))
+    MODELS.build(dict(type="NonNegativePULoss", prior=0.2, nonnegative="kiryo", gamma=0.0))
+    MODELS.build(dict(type="LabelSuperResolutionLoss", table=TABLE, alpha=0.0))
+    focal = MODELS.build(dict(type="OneHotFocalLoss", gamma=2.0, alpha=(0.25, 0.75)))
+    assert focal.alpha == [0.25, 0.75]
 
 
 # -- every config: build the model, run real train steps on tiny data

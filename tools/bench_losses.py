@@ -1,14 +1,24 @@
-"""Forward + backward time of each sparse_ext loss relative to F.cross_entropy.
+"""Forward + backward time of sparse_ext's losses relative to ``F.cross_entropy``, side by side.
 
-All losses run on the same (16, 2, 256, 256) logits and sparse label map (10 % of pixels
-annotated foreground, a few ignored), interleaved in one run: each round times every loss once,
-in a shuffled order, and the reported ratio is the median over rounds of loss time / CE time of
-the same round (robust to the machine speeding up or slowing down during the run).
+Two groups, each with its own cross-entropy baseline on the same input:
 
-    .venv/bin/python tools/bench_losses.py [--rounds 15] [--threads 2] [--shape 16 2 256 256]
+- dense: (16, 2, 256, 256) logits and a sparse label map (10 % of pixels annotated foreground,
+  1 % ignored), as a segmentation head sees them: ECE (Panteli et al., ICCV 2021, Eq. 7), its
+  focal variant (Eq. 8), the reference code's logit-margin mode, background sampling, the
+  reference ``ece-loss`` package when installed, and LSR (each image one block);
+- roi: (4096, 3) classification logits of 4096 proposals (Detectron2's 8 images x 512 ROIs, two
+  classes + background in the last column, 25 % positives): nnPU (Zhao et al., MICCAI 2021).
 
-Not a test: it prints numbers. nnPU and LSR are timed when ``sparse_ext.losses`` provides them;
-the reference ``ece-loss`` package when it is installed.
+Every round times every loss once, in a freshly shuffled order (interleaved: a machine that
+speeds up or slows down during the run affects all losses alike); a loss's ratio in a round is
+its time over that round's cross-entropy time of its group, and the reported ratio is the lower
+quartile of those ratios over the rounds (the lower quartile: the least disturbed rounds, while
+still a robust statistic). ROI-sized calls are repeated ``--roi-repeats`` times per timing.
+
+    .venv/bin/python tools/bench_losses.py            # 40 rounds, 2 threads
+    .venv/bin/python tools/bench_losses.py --rounds 40 --threads 2
+
+Not a test: it prints numbers, and the speed targets of issue 14 beside them (CPU).
 """
 
 from __future__ import annotations
@@ -17,115 +27,153 @@ import argparse
 import random
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-from sparse_ext.losses import exclusive_cross_entropy
+from sparse_ext.losses import exclusive_cross_entropy, lsr_loss, nnpu_loss
 
 
-def build_losses(logits: torch.Tensor, target: torch.Tensor) -> Dict[str, Callable]:
-    """name -> function(logits) returning a scalar loss; CE first."""
-    losses: Dict[str, Callable] = {
-        "cross_entropy": lambda x: F.cross_entropy(x, target, ignore_index=255),
-        "ece (paper: foreground, rho 0.5)": lambda x: exclusive_cross_entropy(x, target, rho=0.5),
-        "ece logit_margin (rho 0.5)": lambda x: exclusive_cross_entropy(
-            x, target, rho=0.5, confidence="logit_margin"
+class Case(NamedTuple):
+    group: str  # "dense" or "roi": which input and which cross-entropy baseline
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    target: Optional[float]  # the speed target, x cross-entropy (None: none set)
+
+
+def dense_inputs(shape: tuple, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    logits = (2.0 * torch.randn(n, c, h, w, generator=g)).requires_grad_()
+    target = torch.zeros(n, h, w, dtype=torch.long)
+    target[torch.rand(n, h, w, generator=g) < 0.1] = 1  # annotated foreground
+    target[torch.rand(n, h, w, generator=g) < 0.01] = 255  # ignored
+    return logits, target
+
+
+def roi_inputs(rois: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    logits = (2.0 * torch.randn(rois, classes, generator=g)).requires_grad_()
+    labels = torch.full((rois,), classes - 1, dtype=torch.long)  # background: the last column
+    positive = torch.rand(rois, generator=g) < 0.25
+    labels[positive] = torch.randint(0, classes - 1, (int(positive.sum()),), generator=g)
+    return logits, labels
+
+
+def build_cases(target: torch.Tensor, n_blocks: int, n_classes: int, labels: torch.Tensor):
+    """name -> Case; the cross-entropy baselines are named "cross_entropy" and "roi_cross_entropy"."""
+
+    def ece(**kw) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: exclusive_cross_entropy(x, target, **kw)
+
+    cases: Dict[str, Case] = {
+        "cross_entropy": Case("dense", lambda x: F.cross_entropy(x, target, ignore_index=255), 1),
+        "ece (paper: foreground, rho 0.5)": Case("dense", ece(rho=0.5), 1.10),
+        "ece + focal (alpha 0.25, gamma 2)": Case(
+            "dense", ece(rho=0.5, focal_alpha=0.25, focal_gamma=2.0), 1.5
         ),
-        "ece + focal (alpha 0.25, gamma 2)": lambda x: exclusive_cross_entropy(
-            x, target, rho=0.5, focal_alpha=0.25, focal_gamma=2.0
-        ),
-        "ece + sampling 0.5": lambda x: exclusive_cross_entropy(
-            x, target, rho=0.5, sample_prob=0.5
-        ),
+        "ece logit_margin (rho 0.5)": Case("dense", ece(rho=0.5, confidence="logit_margin"), None),
+        "ece + sampling 0.5": Case("dense", ece(rho=0.5, sample_prob=0.5), None),
     }
     try:
         from ece_loss import ExclusiveCrossEntropyLoss
 
         reference = ExclusiveCrossEntropyLoss(ignore_index=255)  # its defaults, epoch 0
-        losses["reference ece-loss 1.0.0 (defaults)"] = lambda x: reference(x, target).mean()
+        cases["reference ece-loss 1.0.0 (defaults)"] = Case(
+            "dense", lambda x: reference(x, target).mean(), None
+        )
     except ImportError:
         print("ece-loss not installed: reference ECE skipped")
-    try:
-        from sparse_ext.losses import nnpu_loss
 
-        # pixels as samples: softmax over (background, object), background = column 0
-        flat_target = target.reshape(-1)
-        valid = flat_target != 255
-        pixel_labels = flat_target[valid]
+    g = torch.Generator().manual_seed(1)
+    z = 10
+    block_labels = torch.randint(0, z, (n_blocks,), generator=g)
+    eta = torch.rand(n_classes, z, generator=g)
+    rho = 0.05 + 0.1 * torch.rand(n_classes, z, generator=g)
+    cases["lsr intra_inter (image = block)"] = Case(
+        "dense", lambda x: lsr_loss(x, block_labels, eta, rho), None
+    )
 
-        def _nnpu(x: torch.Tensor) -> torch.Tensor:
-            flat = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])[valid]
-            return nnpu_loss(flat, pixel_labels, 0.1, background_index=0)
-
-        losses["nnpu (pixels, prior 0.1)"] = _nnpu
-    except ImportError:
-        print("sparse_ext.losses.nnpu_loss not available: nnPU skipped")
-    try:
-        from sparse_ext.losses import lsr_loss
-
-        n, c = logits.shape[:2]
-        z = 10
-        g = torch.Generator().manual_seed(1)
-        block_labels = torch.randint(0, z, (n,), generator=g)
-        eta = torch.rand(c, z, generator=g)
-        rho = 0.05 + 0.1 * torch.rand(c, z, generator=g)
-        losses["lsr intra_inter (image = block)"] = lambda x: lsr_loss(x, block_labels, eta, rho)
-    except ImportError:
-        print("sparse_ext.losses.lsr_loss not available: LSR skipped")
-    return losses
+    cases["roi_cross_entropy"] = Case("roi", lambda x: F.cross_entropy(x, labels), 1)
+    cases["nnpu (detection, clamp, prior 0.1)"] = Case(
+        "roi", lambda x: nnpu_loss(x, labels, 0.1), 1.5
+    )
+    cases["nnpu (detection, kiryo, prior 0.1)"] = Case(
+        "roi", lambda x: nnpu_loss(x, labels, 0.1, nonnegative="kiryo"), None
+    )
+    return cases
 
 
-def time_once(fn: Callable, logits: torch.Tensor) -> float:
+def time_once(fn: Callable, logits: torch.Tensor, repeats: int = 1) -> float:
     start = time.perf_counter()
-    loss = fn(logits)
-    (grad,) = torch.autograd.grad(loss, logits)
-    elapsed = time.perf_counter() - start
+    for _ in range(repeats):
+        loss = fn(logits)
+        (grad,) = torch.autograd.grad(loss, logits)
+    elapsed = (time.perf_counter() - start) / repeats
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     return elapsed
 
 
+def lower_quartile(values: List[float]) -> float:
+    return statistics.quantiles(values, n=4, method="inclusive")[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=4, default=(16, 2, 256, 256))
+    parser.add_argument("--rois", type=int, nargs=2, default=(4096, 3), metavar=("N", "K+1"))
+    parser.add_argument("--roi-repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="substrings of the loss names to time")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(args.seed)
-    n, c, h, w = args.shape
-    logits = (2.0 * torch.randn(n, c, h, w, generator=g)).requires_grad_()
-    target = torch.zeros(n, h, w, dtype=torch.long)
-    target[torch.rand(n, h, w, generator=g) < 0.1] = 1  # annotated foreground
-    target[torch.rand(n, h, w, generator=g) < 0.01] = 255  # ignored
-    losses = build_losses(logits, target)
+    logits, target = dense_inputs(tuple(args.shape), args.seed)
+    roi_logits, roi_labels = roi_inputs(args.rois[0], args.rois[1], args.seed)
+    cases = build_cases(target, args.shape[0], args.shape[1], roi_labels)
+    if args.only:
+        cases = {
+            k: v
+            for k, v in cases.items()
+            if k in ("cross_entropy", "roi_cross_entropy") or any(s in k for s in args.only)
+        }
+    baseline = {"dense": "cross_entropy", "roi": "roi_cross_entropy"}
+    inputs = {"dense": logits, "roi": roi_logits}
+    repeats = {"dense": 1, "roi": args.roi_repeats}
 
-    times: Dict[str, List[float]] = {name: [] for name in losses}
-    ratios: Dict[str, List[float]] = {name: [] for name in losses}
-    order = list(losses)
+    times: Dict[str, List[float]] = {name: [] for name in cases}
+    ratios: Dict[str, List[float]] = {name: [] for name in cases}
+    order = list(cases)
     rng = random.Random(args.seed)
     for r in range(args.warmup + args.rounds):
         rng.shuffle(order)
-        this_round = {name: time_once(losses[name], logits) for name in order}
+        this_round = {}
+        for name in order:
+            group = cases[name].group
+            this_round[name] = time_once(cases[name].fn, inputs[group], repeats[group])
         if r < args.warmup:
             continue
         for name, t in this_round.items():
             times[name].append(t)
-            ratios[name].append(t / this_round["cross_entropy"])
+            ratios[name].append(t / this_round[baseline[cases[name].group]])
 
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, logits {tuple(args.shape)}, "
-        f"{args.rounds} rounds (median)"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, dense logits "
+        f"{tuple(args.shape)}, roi logits {tuple(args.rois)} (x{args.roi_repeats} per timing), "
+        f"{args.rounds} interleaved rounds; lower quartile over rounds"
     )
-    print(f"{'loss':40s} {'fwd+bwd ms':>10s} {'x CE':>6s}")
-    for name in losses:
+    print(f"{'loss':40s} {'group':>5s} {'fwd+bwd ms':>10s} {'x CE':>6s} {'target':>7s}")
+    for name, case in cases.items():
+        ratio = lower_quartile(ratios[name])
+        goal = ""
+        if case.target is not None and name not in baseline.values():
+            goal = f"<={case.target:.2f}" + (" ok" if ratio <= case.target else " MISSED")
         print(
-            f"{name:40s} {1e3 * statistics.median(times[name]):10.1f} "
-            f"{statistics.median(ratios[name]):6.2f}"
+            f"{name:40s} {case.group:>5s} {1e3 * lower_quartile(times[name]):10.3f} "
+            f"{ratio:6.2f} {goal:>7s}"
         )
 
 

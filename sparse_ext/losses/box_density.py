@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from sparse_ext.losses._validate import check_finite, check_unit
+
 __all__ = ["bde_weights", "box_iou"]
 
 
@@ -56,7 +58,10 @@ def bde_weights(
         candidate_boxes: (M, 4) XYXY boxes whose background loss is to be weighted.
         predicted_boxes: (P, 4) XYXY boxes the detector predicts in the same image.
         predicted_scores: optional (P,) scores; predictions below ``score_threshold`` do not count.
+        iou_threshold: overlap in [0, 1] from which a prediction counts for a candidate.
     """
+    iou_threshold = check_unit("iou_threshold", iou_threshold)
+    score_threshold = check_finite("score_threshold", score_threshold)
     _check_boxes("candidate_boxes", candidate_boxes)
     _check_boxes("predicted_boxes", predicted_boxes)
     if predicted_scores is not None:

@@ -14,12 +14,20 @@ over training with :mod:`sparse_ext.losses.schedules`.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from sparse_ext.losses._validate import (
+    check_choice,
+    check_nonnegative,
+    check_range,
+    check_schedule,
+    check_unit,
+)
 from sparse_ext.losses.schedules import ConstantSchedule, _clamp01, build_schedule
 
 __all__ = [
@@ -35,23 +43,82 @@ CONFIDENCE_MODES = ("foreground", "margin", "logit_margin")
 REDUCTIONS = ("mean", "sum", "none")
 
 # Smallest 1 - p_t fed to the focal power: (1 - p_t)^gamma with gamma < 1 has an infinite
-# derivative at p_t = 1 (CE = 0), which autograd would turn into 0 * inf = NaN.
+# derivative at p_t = 1 (CE = 0).
 _FOCAL_EPS = 1e-12
+# nll_loss's reduction code for "sum" (at::Reduction::Sum).
+_SUM = 2
 
 
-def _check_options(
+def rho_range(confidence: str) -> tuple[float, Optional[float]]:
+    """The valid range of rho: [0, 1] for probabilities, [0, inf) for "logit_margin"."""
+    return (0.0, None) if confidence == "logit_margin" else (0.0, 1.0)
+
+
+def check_rho(rho: Any, confidence: str = "foreground", name: str = "rho") -> float:
+    """rho as a float, or a ValueError naming it and its range for ``confidence``."""
+    low, high = rho_range(confidence)
+    return check_range(name, rho, low, high)
+
+
+class _Settings(NamedTuple):
+    """The scalar settings of one call, validated (see :func:`_check_settings`)."""
+
+    rho: float
+    confidence: str
+    focal_alpha: Optional[float]  # None: no focal weighting (then focal_gamma is None too)
+    focal_gamma: Optional[float]
+    sample_prob: float
+    ignore_index: int
+    reduction: str
+
+    @property
+    def focal(self) -> bool:
+        return self.focal_alpha is not None
+
+    @property
+    def plain(self) -> bool:
+        """Every term kept with weight 1: exactly cross-entropy."""
+        return (
+            not self.focal
+            and self.sample_prob >= 1.0
+            and self.confidence != "logit_margin"
+            and self.rho >= 1.0
+        )
+
+
+def check_focal(
+    focal_alpha: Optional[float], focal_gamma: Optional[float]
+) -> tuple[Optional[float], Optional[float]]:
+    """(alpha, gamma) of Eq. 8 with alpha in [0, 1] and gamma >= 0; (None, None) when both are
+    None (no focal weighting); a missing one defaults to alpha = 1, gamma = 0."""
+    if focal_alpha is None and focal_gamma is None:
+        return None, None
+    alpha = 1.0 if focal_alpha is None else check_unit("focal_alpha", focal_alpha)
+    gamma = 0.0 if focal_gamma is None else check_nonnegative("focal_gamma", focal_gamma)
+    return alpha, gamma
+
+
+def _check_settings(
+    rho: Any,
     confidence: str,
-    reduction: str,
     focal_alpha: Optional[float],
     focal_gamma: Optional[float],
-) -> None:
-    if confidence not in CONFIDENCE_MODES:
-        raise ValueError(f"unknown confidence {confidence!r}; valid: {', '.join(CONFIDENCE_MODES)}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
-    for name, value in (("focal_alpha", focal_alpha), ("focal_gamma", focal_gamma)):
-        if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}")
+    sample_prob: Any,
+    ignore_index: int,
+    reduction: str,
+) -> _Settings:
+    check_choice("confidence", confidence, CONFIDENCE_MODES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    alpha, gamma = check_focal(focal_alpha, focal_gamma)
+    return _Settings(
+        rho=check_rho(rho, confidence),
+        confidence=confidence,
+        focal_alpha=alpha,
+        focal_gamma=gamma,
+        sample_prob=check_unit("sample_prob", sample_prob),
+        ignore_index=int(ignore_index),
+        reduction=reduction,
+    )
 
 
 def _check_inputs(logits: Tensor, target: Tensor, use_sigmoid: bool) -> tuple[Tensor, Tensor]:
@@ -98,39 +165,287 @@ def _check_inputs(logits: Tensor, target: Tensor, use_sigmoid: bool) -> tuple[Te
     return logits, target
 
 
+def _check_annotated(annotated: Any, target: Tensor) -> Tensor:
+    if not isinstance(annotated, Tensor) or annotated.shape != target.shape:
+        got = tuple(annotated.shape) if isinstance(annotated, Tensor) else type(annotated)
+        raise ValueError(
+            f"annotated {got} must be a tensor shaped like target {tuple(target.shape)}"
+        )
+    if torch.is_floating_point(annotated):
+        raise ValueError(f"annotated must be a bool mask, got dtype {annotated.dtype}")
+    return annotated != 0
+
+
+def _check_binary_target(target: Tensor, ignore_index: int, annotated: Optional[Tensor]) -> None:
+    bad = (target != ignore_index) & (target != 0) & (target != 1)
+    if annotated is not None:  # unannotated labels are background whatever their value
+        bad &= annotated
+    if bool(bad.any()):
+        values = torch.unique(target[bad]).tolist()[:10]
+        raise ValueError(
+            f"use_sigmoid: target values {values} are not 0, 1 or ignore_index {ignore_index}"
+        )
+
+
+def _invalid_target(num_classes: int, ignore_index: int, detail: object) -> ValueError:
+    return ValueError(
+        f"target values must be class indices in [0, {num_classes}) or ignore_index "
+        f"{ignore_index} ({detail})"
+    )
+
+
+def _count_valid(log_p: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """The number of non-ignored elements (a 0-d tensor, no host sync), raising a ValueError for
+    target values outside the classes: nll_loss's own check and count, in one pass."""
+    n, c = log_p.shape[:2]
+    if target.numel() == 0:
+        return log_p.new_zeros(())
+    try:
+        if log_p.dim() == 2:
+            _, count = torch.ops.aten.nll_loss_forward(log_p, target, None, _SUM, ignore_index)
+        else:
+            _, count = torch.ops.aten.nll_loss2d_forward(
+                log_p.reshape(n, c, 1, -1), target.reshape(n, 1, -1), None, _SUM, ignore_index
+            )
+    except (IndexError, RuntimeError) as e:
+        raise _invalid_target(c, ignore_index, e) from e
+    return count
+
+
+def _cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    try:
+        return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
+    except (IndexError, RuntimeError) as e:
+        raise _invalid_target(logits.shape[1], ignore_index, e) from e
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a * b).sum()
+
+
+def _channels(shape: torch.Size, first: int, count: int, like: Tensor) -> Tensor:
+    """Class indices first..first+count-1 shaped (1, count, 1, ...) to broadcast over (N, C, *)."""
+    classes = torch.arange(first, first + count, dtype=like.dtype, device=like.device)
+    return classes.view(1, count, *([1] * (len(shape) - 2)))
+
+
 def _confident_enough_to_keep(
-    ce: Tensor, logits: Tensor, rho: float, confidence: str, use_sigmoid: bool
+    log_p: Tensor, logits: Tensor, rho: float, confidence: str
 ) -> Optional[Tensor]:
     """Where an unannotated element's confidence allows keeping it (None: everywhere).
 
-    Called without grad. ``ce`` is only read where the element is unannotated: there its target
-    is background, so ``ce = -log p(background)`` and the probability tests follow from it
-    without a second softmax.
+    Only read where the element is unannotated: there its target is background, so its
+    cross-entropy is ``-log p(background)`` and the probability tests follow from that column
+    of ``log_p`` (no second softmax).
     """
     if confidence == "logit_margin":
         # As ece_loss.ExclusiveLoss.get_multiclass_confidence: |top1 - top2| of the raw logits,
-        # kept where <= threshold (note the <=); rho is in logit units here.
-        if use_sigmoid:  # the two classes' logits are (0, x)
-            margin = logits.abs()
-        elif logits.shape[1] == 2:
+        # kept where <= threshold (note the <=); rho is in logit units here. Sigmoid logits x
+        # arrive as the two classes' logits (0, x).
+        if logits.shape[1] == 2:
             margin = (logits[:, 0] - logits[:, 1]).abs()
         else:
             top2 = logits.topk(2, dim=1).values
             margin = (top2[:, 0] - top2[:, 1]).abs()
         return margin <= rho
-    if rho >= 1.0:  # a probability (margin) never exceeds 1: plain cross-entropy
+    if rho >= 1.0:  # a probability (margin) never exceeds 1: every term is kept
         return None
+    log_p0 = log_p[:, 0]
     if rho <= 0.0:
-        return torch.zeros_like(ce, dtype=torch.bool)
+        return torch.zeros_like(log_p0, dtype=torch.bool)
     if confidence == "foreground":
-        # 1 - p(bg) < rho  <=>  -log p(bg) < -log(1 - rho)
-        return ce < -math.log1p(-rho)
-    if use_sigmoid or logits.shape[1] == 2:
+        # 1 - p(bg) < rho  <=>  CE = -log p(bg) < -log(1 - rho)
+        return log_p0 > math.log1p(-rho)
+    if logits.shape[1] == 2:
         # margin |2 p(bg) - 1| < rho  <=>  (1 - rho) / 2 < p(bg) < (1 + rho) / 2
-        low, high = -math.log((1.0 + rho) / 2.0), -math.log((1.0 - rho) / 2.0)
-        return (ce > low) & (ce < high)
-    top2 = torch.softmax(logits, dim=1).topk(2, dim=1).values
+        low, high = math.log((1.0 - rho) / 2.0), math.log((1.0 + rho) / 2.0)
+        return (log_p0 > low) & (log_p0 < high)
+    top2 = log_p.exp().topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]) < rho
+
+
+def _focal_terms(log_p0: Tensor, gamma: float) -> tuple[Tensor, float, Optional[Tensor], float]:
+    """Eq. 8's unannotated term over alpha and its derivative, from log p_t (``log_p0``).
+
+    phi(u) = alpha * (1 - p_t)^gamma * u, u = -log p_t = CE, and
+    phi'(u) = alpha * (1 - p_t)^(gamma - 1) * S, S = (1 - p_t) + gamma * p_t * u.
+    With e = expm1(log p_t) = -(1 - p_t): S = -(e + gamma * log p_t * (1 + e)), and the integer
+    powers gamma = 1, 2 are products of e. Other gammas clamp 1 - p_t to >= 1e-12 (no infinite
+    power at p_t = 1; a no-op elsewhere).
+
+    Returns (a, ka, b, kb) with phi / alpha = ka * a and phi' / alpha = kb * b elementwise
+    (b None: 1); the constant factors are folded into the caller's reductions. In place on two
+    buffers: every pass over the elements costs (see tools/bench_losses.py).
+    """
+    if gamma == 0.0:  # a constant weight: phi = alpha * u
+        return log_p0, -1.0, None, 1.0
+    e = torch.expm1(log_p0)
+    s_neg = torch.add(e, log_p0, alpha=gamma).addcmul_(e, log_p0, value=gamma)  # -S
+    if gamma == 1.0:  # phi = alpha * e * log p_t, phi' = -alpha * (-S)
+        return e.mul_(log_p0), 1.0, s_neg, -1.0
+    if gamma == 2.0:  # phi = -alpha * e^2 * log p_t, phi' = alpha * e * (-S)
+        s_neg.mul_(e)
+        return e.square_().mul_(log_p0), -1.0, s_neg, 1.0
+    q = e.neg_().clamp_min_(_FOCAL_EPS)  # 1 - p_t
+    q_power = q.pow(gamma - 1.0)
+    return q.mul_(q_power).mul_(log_p0), -1.0, s_neg.mul_(q_power), -1.0
+
+
+def _keep_weights(log_p: Tensor, logits: Tensor, s: _Settings) -> Optional[Tensor]:
+    """1 where an unannotated element's term is kept (confidence test and sampling), else 0, in
+    the logits' dtype; None where every term is kept."""
+    if s.confidence == "foreground" and 0.0 < s.rho < 1.0:
+        # the paper's test written straight into a float mask (saves a bool -> float pass)
+        log_p0 = log_p[:, 0]
+        keep = torch.gt(log_p0, math.log1p(-s.rho), out=torch.empty_like(log_p0))
+    else:
+        mask = _confident_enough_to_keep(log_p, logits, s.rho, s.confidence)
+        keep = None if mask is None else mask.to(log_p.dtype)
+    if s.sample_prob < 1.0:
+        sampled = torch.rand(log_p[:, 0].shape, device=log_p.device) < s.sample_prob
+        keep = sampled.to(log_p.dtype) if keep is None else keep.mul_(sampled)
+    return keep
+
+
+def _one_hot_by_comparison(
+    log_p: Tensor, target: Tensor, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """(one-hot of ``target`` in log_p's shape and dtype, number of non-ignored elements).
+
+    One comparison of the float target with each class (no scatter); rows of ignored elements
+    are zero. Valid when ignore_index is not a class and is exact in floating point. Raises a
+    ValueError for target values that are neither a class nor ignore_index.
+    """
+    num_classes = log_p.shape[1]
+    target_f = target.to(log_p.dtype)
+    one_hot = torch.empty_like(log_p)
+    torch.eq(target_f.unsqueeze(1), _channels(log_p.shape, 0, num_classes, log_p), out=one_hot)
+    if log_p.device.type != "cpu" or target.numel() >= 2**24:
+        return one_hot, _count_valid(log_p, target, ignore_index)
+    # On the CPU a host check is free and nll_loss's count is a serial loop: two parallel
+    # reductions instead (the float sum of 0/1 is exact below 2^24 elements).
+    labelled = one_hot.sum()
+    ignored = torch.count_nonzero(target_f == ignore_index)
+    if int(labelled) + int(ignored) != target.numel():
+        bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+        values = torch.unique(target[bad]).tolist()[:10]
+        raise _invalid_target(num_classes, ignore_index, f"got {values}")
+    return one_hot, labelled
+
+
+def _one_hot_general(
+    log_p: Tensor, target: Tensor, annotated: Optional[Tensor], ignore_index: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(one-hot of the annotated elements' classes, unannotated indicator, number of
+    non-ignored elements), for an explicit ``annotated`` mask or an ignore_index among the
+    classes; unannotated elements are background (class 0)."""
+    ignored = target == ignore_index
+    marked = ignored | (target != 0) if annotated is None else annotated | ignored
+    class_target = target.masked_fill(~marked, 0)
+    _count_valid(log_p, class_target, ignore_index)  # validation only
+    count = (ignored.numel() - torch.count_nonzero(ignored)).to(log_p.dtype)
+    labelled = (marked & ~ignored).to(log_p.dtype)
+    one_hot = torch.zeros_like(log_p).scatter_(
+        1, class_target.masked_fill(ignored, 0).unsqueeze(1), labelled.unsqueeze(1)
+    )
+    # unannotated elements are background only while 0 is not the ignore_index
+    unannotated = ~marked if ignore_index != 0 else torch.zeros_like(marked)
+    return one_hot, unannotated.to(log_p.dtype), count
+
+
+def _linear_part(weights: Tensor, log_p: Tensor, reduction: str) -> Tensor:
+    """sum_c W_c * -log p_c, per element for reduction "none", else summed."""
+    if reduction == "none":
+        return -(weights * log_p).sum(dim=1)
+    return -_dot(weights, log_p)
+
+
+class _ExclusiveCrossEntropyFn(torch.autograd.Function):
+    """Exclusive cross-entropy over softmax logits (N, C, *) with a hand-written backward.
+
+    The loss is sum_i phi_i(-log p_{i, t_i}) with t_i the element's class (0 if unannotated)
+    and phi_i 0 (ignored, left out), the identity (annotated, kept unannotated) or Eq. 8's focal
+    weighting. Its gradient in the logits is, per element, the softmax backward of
+    -phi_i' * onehot(t_i), i.e. W_i - softmax_i * sum_c W_ic with W = phi' * onehot(t). The
+    forward builds W (no one-hot scatter: one comparison per class column) and that gradient
+    direction once; the backward only scales it. One log-softmax pass, no autograd graph inside.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, target: Tensor, annotated: Optional[Tensor], s: _Settings
+    ) -> Tensor:
+        ii = s.ignore_index
+        classifier = logits.dim() == 2
+        if classifier:
+            # (N, C) as one (1, C, N) map: the softmax and its backward along an outer
+            # dimension are several times faster than along a last dimension of a few classes
+            logits = logits.t().contiguous().unsqueeze(0)
+            target = target.unsqueeze(0)
+            annotated = None if annotated is None else annotated.unsqueeze(0)
+        log_p = torch.log_softmax(logits, dim=1)
+        log_p0 = log_p[:, 0]
+        # W: at each element's class, 1 (annotated) or phi' (kept unannotated); 0 elsewhere
+        shared = annotated is None and not 0 <= ii < log_p.shape[1] and abs(ii) < 2**24
+        if shared:  # annotated = target != 0: W's column 0 is the unannotated indicator
+            weights, count = _one_hot_by_comparison(log_p, target, ii)
+            unannotated = weights[:, 0]
+        else:
+            weights, unannotated, count = _one_hot_general(log_p, target, annotated, ii)
+        keep = _keep_weights(log_p, logits, s)
+
+        if s.focal:
+            kept = unannotated.clone() if keep is None else keep.mul_(unannotated)
+            if shared:
+                weights[:, 0].zero_()
+            a, ka, b, kb = _focal_terms(log_p0, s.focal_gamma)
+            value = _linear_part(weights, log_p, s.reduction)
+            alpha = s.focal_alpha
+            if s.reduction == "none":
+                value = value + (kept * a).mul_(alpha * ka)
+            else:
+                value = value + alpha * ka * _dot(kept, a)
+            if b is None:
+                weights[:, 0].add_(kept, alpha=alpha * kb)
+            else:
+                weights[:, 0].addcmul_(kept, b, value=alpha * kb)
+        else:
+            if shared:
+                if keep is not None:
+                    weights[:, 0].mul_(keep)
+            else:
+                weights[:, 0].add_(unannotated if keep is None else keep.mul_(unannotated))
+            value = _linear_part(weights, log_p, s.reduction)
+
+        ctx.per_element = s.reduction == "none"
+        if ctx.needs_input_grad[0]:
+            # d loss / d logits = -(W - softmax * sum_c W): computed once here (the inputs of
+            # the softmax backward are freed with the forward), scaled in backward. The private
+            # op is what autograd itself calls for log_softmax: one fused pass.
+            direction = torch._log_softmax_backward_data(weights, log_p, 1, log_p.dtype)
+            if s.reduction == "mean":
+                direction.mul_(-1.0 / count.clamp_min(1))
+            elif s.reduction == "sum":
+                direction.neg_()
+            ctx.save_for_backward(direction[0].t() if classifier else direction)
+        if s.reduction == "mean":
+            return value / count.clamp_min(1)
+        return value[0] if classifier and s.reduction == "none" else value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], None, None, None]:
+        (direction,) = ctx.saved_tensors
+        if ctx.per_element:
+            return direction * grad.neg().unsqueeze(1), None, None, None
+        if grad.device.type == "cpu" and float(grad) == 1.0:
+            # d loss itself (loss.backward() on this loss or a plain sum of losses): hand the
+            # saved gradient over instead of copying it; autograd copies it if the graph is
+            # retained and tracks in-place changes to it
+            return direction, None, None, None
+        return direction * grad, None, None, None
 
 
 def exclusive_cross_entropy(
@@ -162,8 +477,9 @@ def exclusive_cross_entropy(
         annotated: (N, *) bool, True where the label is a real annotation; default
             ``target != 0`` (and not ignored). Unannotated elements are treated as background
             whatever their target value; ignored elements stay ignored.
-        rho: exclusivity threshold. With "foreground"/"margin", ``rho >= 1`` keeps every term
-            (plain cross-entropy) and ``rho <= 0`` drops every unannotated term.
+        rho: exclusivity threshold, in [0, 1] with "foreground"/"margin" (``rho = 1`` keeps
+            every term: plain cross-entropy; ``rho = 0`` drops every unannotated term), >= 0
+            (logit units) with "logit_margin".
         use_sigmoid: binary sigmoid logits instead of a softmax over C classes.
         confidence: "foreground": kept where 1 - p(background) < rho (paper Eq. 7; with sigmoid,
             the foreground probability); "margin": top-1 minus top-2 class probability < rho;
@@ -171,8 +487,9 @@ def exclusive_cross_entropy(
             units), which reproduces ``ece_loss.ExclusiveCrossEntropyLoss`` (ece-loss 1.0.0)
             exactly when its background sampling is off. With sigmoid logits x, the two classes'
             logits are (0, x): margin |2 sigmoid(x) - 1|, logit margin |x|.
-        focal_alpha, focal_gamma: focal reweighting of the unannotated terms (Eq. 8); on when
-            either is given, a missing one defaults to alpha = 1, gamma = 0.
+        focal_alpha, focal_gamma: focal reweighting of the unannotated terms (Eq. 8), alpha in
+            [0, 1], gamma >= 0; on when either is given, a missing one defaults to alpha = 1,
+            gamma = 0.
         sample_prob: probability in [0, 1] of keeping each unannotated term.
         ignore_index: target value of elements left out entirely.
         reduction: "mean" (sum over the number of non-ignored elements, so ``rho=1`` equals
@@ -185,109 +502,32 @@ def exclusive_cross_entropy(
 
     Raises:
         ValueError: mismatched shapes, non-floating logits, non-integer target, target values
-            outside the classes, unknown confidence or reduction, bad rho/sample_prob/focal.
+            outside the classes, unknown confidence or reduction, a setting outside its range
+            (the message names it).
     """
-    _check_options(confidence, reduction, focal_alpha, focal_gamma)
-    rho = float(rho)
-    if math.isnan(rho):
-        raise ValueError("rho is NaN")
-    sample_prob = float(sample_prob)
-    if not 0.0 <= sample_prob <= 1.0:
-        raise ValueError(f"sample_prob must be in [0, 1], got {sample_prob}")
+    s = _check_settings(
+        rho, confidence, focal_alpha, focal_gamma, sample_prob, ignore_index, reduction
+    )
     logits, target = _check_inputs(logits, target, use_sigmoid)
+    if annotated is not None:
+        annotated = _check_annotated(annotated, target)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # as autocast does for cross-entropy: no fp16 overflow
-
-    # Masks are computed where needed only: every pass over the elements costs (see
-    # tools/bench_losses.py). ``marker`` is nonzero exactly where an element is annotated or
-    # ignored, i.e. not unannotated.
-    ignored = None
-    if annotated is None:
-        marker = target if ignore_index != 0 else torch.ones_like(target, dtype=torch.bool)
-        ce_target = target
-    else:
-        if not isinstance(annotated, Tensor) or annotated.shape != target.shape:
-            got = tuple(annotated.shape) if isinstance(annotated, Tensor) else type(annotated)
-            raise ValueError(
-                f"annotated {got} must be a tensor shaped like target {tuple(target.shape)}"
-            )
-        if torch.is_floating_point(annotated):
-            raise ValueError(f"annotated must be a bool mask, got dtype {annotated.dtype}")
-        ignored = target == ignore_index
-        marker = (annotated != 0) | ignored
-        ce_target = target.masked_fill(~marker, 0)
-
-    focal = focal_alpha is not None or focal_gamma is not None
     if use_sigmoid:
-        if ignored is None:
-            ignored = target == ignore_index
-        bad = ~ignored & (ce_target != 0) & (ce_target != 1)
-        if bool(bad.any()):
-            values = torch.unique(ce_target[bad]).tolist()[:10]
-            raise ValueError(
-                f"use_sigmoid: target values {values} are not 0, 1 or ignore_index {ignore_index}"
-            )
-        binary = ce_target.masked_fill(ignored, 0).to(logits.dtype)
-        ce = F.binary_cross_entropy_with_logits(logits, binary, reduction="none")
-    else:
-        plain = not focal and sample_prob >= 1.0 and confidence != "logit_margin" and rho >= 1.0
-        if plain:  # rho >= 1 keeps everything: exactly F.cross_entropy
-            ce = _cross_entropy(logits, ce_target, ignore_index, reduction)
-            if reduction != "mean":
-                return ce
-            count = torch.count_nonzero(target != ignore_index)
-            return torch.where(count > 0, ce, torch.zeros_like(ce))  # all ignored: 0, not NaN
-        ce = _cross_entropy(logits, ce_target, ignore_index, "none")
+        _check_binary_target(target, s.ignore_index, annotated)
+        # sigmoid(x) is the softmax over the two logits (0, x): the same maths, one code path
+        logits = torch.stack((torch.zeros_like(logits), logits), dim=1)
 
-    with torch.no_grad():
-        ce_d = ce.detach()
-        if confidence == "foreground" and 0.0 < rho < 1.0 and sample_prob >= 1.0:
-            # The paper's mode in one comparison: kept where CE < -log(1 - rho) (as below) or
-            # where marked, those being shifted to <= 0 first (ce - max_float * marker).
-            shifted = torch.add(ce_d, marker, alpha=-torch.finfo(ce.dtype).max)
-            keep = torch.lt(shifted, -math.log1p(-rho), out=torch.empty_like(ce))
-        else:
-            keep = _confident_enough_to_keep(ce_d, logits.detach(), rho, confidence, use_sigmoid)
-            if sample_prob < 1.0:
-                sampled = torch.rand(ce.shape, device=ce.device) < sample_prob
-                keep = sampled if keep is None else keep & sampled
-            if keep is not None:
-                # Annotated (and ignored) elements are always kept. One float mask, applied
-                # as a product: cheaper than masked_fill or where, in forward and backward.
-                keep = torch.logical_or(keep, marker != 0, out=torch.empty_like(ce))
-        if use_sigmoid:  # BCE has no ignore_index
-            keep = (~ignored).to(ce.dtype) if keep is None else keep.masked_fill_(ignored, 0.0)
-
-    weighted = ce
-    if focal:
-        alpha = 1.0 if focal_alpha is None else float(focal_alpha)
-        gamma = 0.0 if focal_gamma is None else float(focal_gamma)
-        weight = alpha * (-torch.expm1(-ce)).clamp_min(_FOCAL_EPS).pow(gamma) if gamma else alpha
-        weighted = torch.where(marker != 0, ce, weight * ce)
-
-    if reduction == "none":
-        return weighted if keep is None else weighted * keep
-    if keep is None:
-        total = weighted.sum()
-    else:
-        total = torch.dot(weighted.reshape(-1), keep.reshape(-1))
-    if reduction == "sum":
-        return total
-    if ignored is not None:
-        count = ignored.numel() - torch.count_nonzero(ignored)
-    else:
-        count = torch.count_nonzero(target != ignore_index)
-    return total / count.clamp_min(1).to(total.dtype)
-
-
-def _cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, reduction: str) -> Tensor:
-    try:
-        return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
-    except (IndexError, RuntimeError) as e:
-        raise ValueError(
-            f"target values must be class indices in [0, {logits.shape[1]}) or "
-            f"ignore_index {ignore_index} ({e})"
-        ) from e
+    if s.plain:  # every term kept: exactly F.cross_entropy
+        class_target = target
+        if annotated is not None:  # unannotated elements are background
+            class_target = target.masked_fill(~(annotated | (target == s.ignore_index)), 0)
+        ce = _cross_entropy(logits, class_target, s.ignore_index, s.reduction)
+        if s.reduction != "mean":
+            return ce
+        count = torch.count_nonzero(target != s.ignore_index)
+        return torch.where(count > 0, ce, torch.zeros_like(ce))  # all ignored: 0, not NaN
+    return _ExclusiveCrossEntropyFn.apply(logits, target, annotated, s)
 
 
 class ExclusiveCrossEntropy(nn.Module):
@@ -301,9 +541,10 @@ class ExclusiveCrossEntropy(nn.Module):
         schedule: rho over training progress; anything
             :func:`sparse_ext.losses.schedules.build_schedule` accepts (a schedule, a number, a
             name such as "constant" or "paper_table2", a dict with a "type"). Default: constant
-            0.5.
-        sampling_schedule: probability of keeping an unannotated term over training progress
-            (e.g. "reference_sampling"); None keeps all.
+            0.5. Its values must lie in rho's range (see :func:`exclusive_cross_entropy`),
+            checked here on its start/end and on a grid of progress values.
+        sampling_schedule: probability in [0, 1] of keeping an unannotated term over training
+            progress (e.g. "reference_sampling"); None keeps all.
         use_sigmoid, confidence, focal_alpha, focal_gamma, ignore_index, reduction: as in
             :func:`exclusive_cross_entropy`.
     """
@@ -321,11 +562,15 @@ class ExclusiveCrossEntropy(nn.Module):
         reduction: str = "mean",
     ) -> None:
         super().__init__()
-        _check_options(confidence, reduction, focal_alpha, focal_gamma)
+        check_choice("confidence", confidence, CONFIDENCE_MODES)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_focal(focal_alpha, focal_gamma)
         self.schedule = build_schedule(schedule)
-        self.sampling_schedule = (
-            None if sampling_schedule is None else build_schedule(sampling_schedule)
-        )
+        check_schedule("schedule (rho)", self.schedule, *rho_range(confidence))
+        self.sampling_schedule = None
+        if sampling_schedule is not None:
+            self.sampling_schedule = build_schedule(sampling_schedule)
+            check_schedule("sampling_schedule (keep probability)", self.sampling_schedule, 0, 1)
         self.use_sigmoid = bool(use_sigmoid)
         self.confidence = confidence
         self.focal_alpha = focal_alpha

@@ -1,6 +1,7 @@
 """Label super-resolution (LSR) losses: pixel masks from block-level labels.
 
-Seed: Zhao, Hou et al., "Label super resolution with inter-instance loss", Eq. 1-11 and Appendix A.
+Zhao, Hou et al., "Label super resolution with inter-instance loss", arXiv 2019, Eq. 1-11 and
+Appendix A.
 Every image block k carries a low-resolution label z; for each high-resolution class l the table
 gives eta[l, z] and rho[l, z], the mean and standard deviation of the fraction of class-l pixels in
 blocks with label z. With p the softmax of the network over the valid pixels X_k of block k,
@@ -20,7 +21,7 @@ log term is smallest there, so a network that predicts the same saturated map fo
 HeLa LSR benchmark (docs/benchmarks) every Eq. 5/9 run ends there. ``distance="gaussian"`` is the
 negative log-likelihood of the table's mean under the predicted count distribution widened by the
 table's spread, -log N(eta; mu, (alpha*rho)^2 + sigma2), the Gaussian form of the original LSR
-networks (Malkin et al., ICLR 2019) that seed 004 extends:
+networks (Malkin et al., ICLR 2019) that Zhao, Hou et al. extend:
 
     D = 0.5 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2) + 0.5 * log(2 pi ((alpha * rho)^2 + sigma2 + floor))
 
@@ -41,18 +42,31 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from sparse_ext.losses._checks import check_choice
+from sparse_ext.losses._validate import check_choice, check_positive, check_unit
 
-__all__ = ["LabelSuperResolutionLoss", "load_lsr_table", "lsr_loss"]
+__all__ = ["LabelSuperResolutionLoss", "check_lsr_settings", "load_lsr_table", "lsr_loss"]
 
 MODES = ("intra", "inter", "intra_inter")
 DISTANCES = ("eq5", "gaussian")
 _TINY = 1e-12  # keeps D finite where rho = 0 and sigma2 = 0 (a table cell from a single block)
+
+
+def check_lsr_settings(
+    mode: str, distance: str, alpha: Any, variance_floor: Any
+) -> tuple[str, str, float, float]:
+    """The settings validated: alpha in [0, 1] (Appendix A, Eq. 17), variance_floor > 0 (the
+    log's variance floor keeps the distance bounded); a ValueError names the one out of range."""
+    return (
+        check_choice("mode", mode, MODES),
+        check_choice("distance", distance, DISTANCES),
+        check_unit("alpha", alpha),
+        check_positive("variance_floor", variance_floor),
+    )
 
 
 def _distance(
@@ -106,8 +120,8 @@ def lsr_loss(
         block_labels: (N,) low-resolution label z of each block, or (N, L) one label per class.
         eta, rho: (L, Z) mean and standard deviation of class fractions per label.
         mode: ``"intra"``, ``"inter"`` or ``"intra_inter"``.
-        alpha: scale of rho (Appendix A).
-        variance_floor: added to the variance inside the log.
+        alpha: scale of rho, in [0, 1] (Appendix A, Eq. 17).
+        variance_floor: added to the variance inside the log, > 0.
         valid_mask: optional (N, H, W) bool, the pixels that belong to the block (padding and
             non-tissue excluded); blocks without a valid pixel are left out.
         distance: ``"eq5"`` (Eq. 5/9 as published) or ``"gaussian"`` (no collapsed minimum).
@@ -115,8 +129,9 @@ def lsr_loss(
     Returns a float32 scalar (float64 for float64 logits); a batch without any valid block gives a
     zero that keeps a ``grad_fn``.
     """
-    check_choice("mode", mode, MODES)
-    check_choice("distance", distance, DISTANCES)
+    mode, distance, alpha, variance_floor = check_lsr_settings(
+        mode, distance, alpha, variance_floor
+    )
     if logits.dim() != 4:
         raise ValueError(f"logits must be (N, L, H, W), got {tuple(logits.shape)}")
     n, num_classes = logits.shape[:2]
@@ -231,10 +246,8 @@ class LabelSuperResolutionLoss(nn.Module):
             raise ValueError("LabelSuperResolutionLoss needs a table path or eta and rho")
         else:
             self.classes = [str(i) for i in range(len(eta))]
-        self.mode = check_choice("mode", mode, MODES)
-        self.distance = check_choice("distance", distance, DISTANCES)
-        self.alpha = float(alpha)
-        self.variance_floor = float(variance_floor)
+        settings = check_lsr_settings(mode, distance, alpha, variance_floor)
+        self.mode, self.distance, self.alpha, self.variance_floor = settings
         self.register_buffer("eta", torch.as_tensor(eta, dtype=torch.float32))
         self.register_buffer("rho", torch.as_tensor(rho, dtype=torch.float32))
 

@@ -1,7 +1,8 @@
 """Single terms of max-min uncertainty weakly supervised segmentation.
 
-Seed: Belharbi et al., "Deep interpretable classification and weakly supervised segmentation of
-histology images via max-min uncertainty", Eq. 3-12. The combined objective is in
+Belharbi, Rony, Dolz, Ben Ayed, McCaffrey, Granger, "Deep interpretable classification and
+weakly-supervised segmentation of histology images via max-min uncertainty", IEEE Transactions on
+Medical Imaging 2022 (arXiv:2011.07221), Eq. 3-12. The combined objective is in
 :mod:`sparse_ext.losses.maxmin_objective`.
 """
 
@@ -13,9 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_ext.losses._checks import check_choice
+from sparse_ext.losses._validate import check_choice, check_positive, check_unit
 
-__all__ = ["extended_log_barrier", "size_barrier", "soft_mask", "uncertainty_regularizer"]
+__all__ = [
+    "check_mask_settings",
+    "extended_log_barrier",
+    "size_barrier",
+    "soft_mask",
+    "uncertainty_regularizer",
+]
+
+
+def check_mask_settings(omega: float, sigma: float) -> tuple[float, float]:
+    """Eq. 12's omega > 0 and sigma in [0, 1], validated (a ValueError names the bad one)."""
+    return check_positive("omega", omega), check_unit("sigma", sigma)
 
 
 def uncertainty_regularizer(logits: Tensor, kind: str = "eem") -> Tensor:
@@ -44,9 +56,7 @@ def extended_log_barrier(z: Tensor, t: float) -> Tensor:
 
     Continuous with a continuous derivative at z = -1/t^2, and defined for every z.
     """
-    t = float(t)
-    if not t > 0 or math.isinf(t):
-        raise ValueError(f"t must be a finite number > 0, got {t}")
+    t = check_positive("t", t)
     inside = z <= -1.0 / t**2
     safe = torch.where(inside, -z, torch.ones_like(z))  # log never sees z > 0: no NaN gradient
     log_branch = -torch.log(safe) / t
@@ -61,6 +71,7 @@ def size_barrier(mask: Tensor, t: float, normalize: bool = True) -> Tensor:
     psi_t(-s+) + psi_t(-s-), with s the region sizes as fractions of the image area when
     ``normalize`` (pixel counts otherwise).
     """
+    t = check_positive("t", t)
     if mask.dim() == 4 and mask.shape[1] == 1:
         mask = mask[:, 0]
     if mask.dim() != 3:
@@ -79,8 +90,10 @@ def soft_mask(activation: Tensor, omega: float = 5.0, sigma: float = 0.15) -> Te
     """Pseudo-binarised mask of Eq. 12: sigmoid(omega * (A - sigma)).
 
     A is the activation min-max normalised to [0, 1] per sample (not per batch), over all
-    non-batch dimensions; a constant activation normalises to 0.
+    non-batch dimensions; a constant activation normalises to 0. omega > 0 (the sharpness),
+    sigma in [0, 1] (the threshold on the normalised activation).
     """
+    omega, sigma = check_mask_settings(omega, sigma)
     if activation.dim() < 2:
         raise ValueError(f"activation must be (N, ...), got {tuple(activation.shape)}")
     flat = activation.flatten(1)

@@ -1,7 +1,8 @@
 """The combined max-min uncertainty objective and its localizer pieces (torch only).
 
-Belharbi et al., "Deep interpretable classification and weakly-supervised segmentation of
-histology images via max-min uncertainty" (seed 003):
+Belharbi, Rony, Dolz, Ben Ayed, McCaffrey, Granger, "Deep interpretable classification and
+weakly-supervised segmentation of histology images via max-min uncertainty", IEEE Transactions on
+Medical Imaging 2022 (arXiv:2011.07221):
 
 - :func:`wildcat_pool`: WILDCAT spatial pooling of class activation maps (Durand et al., 2017; the
   paper's localizer pooling, Sec. 4 (a)), one map per class (no multi-map "modalities");
@@ -25,10 +26,13 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from sparse_ext.losses._validate import check_nonnegative, check_positive, check_range
 from sparse_ext.losses.maxmin import size_barrier, soft_mask, uncertainty_regularizer
 
 __all__ = [
     "barrier_t",
+    "check_barrier_settings",
+    "check_pooling_settings",
     "class_agnostic_activation",
     "localizer_mask",
     "maxmin_objective",
@@ -36,10 +40,28 @@ __all__ = [
 ]
 
 
-def _num(k: float, n: int, what: str) -> int:
-    """A fraction in (0, 1] of ``n`` elements (at least one), or an absolute count >= 1."""
-    if k <= 0:
-        raise ValueError(f"{what} must be > 0, got {k}")
+def _check_k(name: str, k: float, allow_zero: bool) -> float:
+    """A fraction in (0, 1] of the map, or a whole number of activations > 1 (0: off)."""
+    k = check_nonnegative(name, k) if allow_zero else check_positive(name, k)
+    if k > 1 and not float(k).is_integer():
+        raise ValueError(
+            f"{name} must be a fraction in (0, 1] or a whole number of activations, got {k:g}"
+        )
+    return k
+
+
+def check_pooling_settings(kmax: float, kmin: float, alpha: float) -> tuple[float, float, float]:
+    """WILDCAT's kmax (> 0), kmin (>= 0, 0: off), each a fraction in (0, 1] or a whole count, and
+    alpha >= 0, validated (a ValueError names the bad one)."""
+    return (
+        _check_k("kmax", kmax, allow_zero=False),
+        _check_k("kmin", kmin, allow_zero=True),
+        check_nonnegative("alpha", alpha),
+    )
+
+
+def _num(k: float, n: int) -> int:
+    """A fraction in (0, 1] of ``n`` elements (at least one), or an absolute count."""
     return max(1, min(n, math.ceil(k * n) if k <= 1 else int(k)))
 
 
@@ -49,13 +71,14 @@ def wildcat_pool(
     """WILDCAT pooling: mean of the ``kmax`` highest activations of each map plus ``alpha`` times
     the mean of its ``kmin`` lowest (``kmin = 0`` drops that term). ``kmax``/``kmin`` in (0, 1] are
     fractions of the map, larger values absolute counts. cams (N, C, H, W) -> scores (N, C)."""
+    kmax, kmin, alpha = check_pooling_settings(kmax, kmin, alpha)
     if cams.dim() != 4:
         raise ValueError(f"cams must have shape (N, C, H, W), got {tuple(cams.shape)}")
     flat = cams.flatten(2)
     n = flat.shape[-1]
-    score = flat.topk(_num(kmax, n, "kmax"), dim=-1).values.mean(-1)
+    score = flat.topk(_num(kmax, n), dim=-1).values.mean(-1)
     if kmin > 0:
-        low = flat.topk(_num(kmin, n, "kmin"), dim=-1, largest=False).values.mean(-1)
+        low = flat.topk(_num(kmin, n), dim=-1, largest=False).values.mean(-1)
         score = score + alpha * low
     return score
 
@@ -89,11 +112,19 @@ def localizer_mask(
 
 def barrier_t(epoch: float, t0: float = 5.0, factor: float = 1.01, t_max: float = 10.0) -> float:
     """Log-barrier parameter after ``epoch`` epochs: min(t0 * factor**epoch, t_max)."""
-    if t0 <= 0 or factor <= 0 or t_max <= 0:
-        raise ValueError(f"t0, factor and t_max must be > 0, got {t0}, {factor}, {t_max}")
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    t0, factor, t_max = check_barrier_settings(t0, factor, t_max)
+    epoch = check_nonnegative("epoch", epoch)
     return float(min(t0 * factor**epoch, t_max))
+
+
+def check_barrier_settings(t0: float, factor: float, t_max: float) -> tuple[float, float, float]:
+    """The log-barrier schedule's t0 > 0, factor >= 1 (t only grows, as the barrier method
+    needs) and t_max > 0, validated (a ValueError names the bad one)."""
+    return (
+        check_positive("t0", t0),
+        check_range("factor", factor, 1.0),
+        check_positive("t_max", t_max),
+    )
 
 
 def maxmin_objective(
@@ -109,7 +140,8 @@ def maxmin_objective(
     localizer_logits: Optional[torch.Tensor] = None,
     localizer_weight: float = 1.0,
 ) -> Dict[str, torch.Tensor]:
-    """Seed 003 Eq. 7 and the localizer's classification loss, as separate named terms.
+    """Belharbi et al. (IEEE TMI 2022) Eq. 7 and the localizer's classification loss, as
+    separate named terms.
 
     images (N, K, H, W); mask M+ (N, 1, H, W) or (N, H, W) in [0, 1]; labels (N,) image classes;
     classifier maps images to class logits (N, C). ``regularizer`` "eem" | "sem" | None (no
@@ -127,6 +159,10 @@ def maxmin_objective(
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
     if regularizer is not None and regularizer not in ("eem", "sem"):
         raise ValueError(f"regularizer must be 'eem', 'sem' or None, got {regularizer!r}")
+    t = check_positive("t", t)
+    lam = check_nonnegative("lam", lam)
+    size_weight = check_nonnegative("size_weight", size_weight)
+    localizer_weight = check_nonnegative("localizer_weight", localizer_weight)
     fg_logits = classifier(images * mask)
     losses = {"loss_fg_cls": F.cross_entropy(fg_logits, labels)}
     if regularizer is not None:

@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Union
 
+from sparse_ext.losses._validate import check_finite as _finite
+from sparse_ext.losses._validate import check_positive as _positive
+
 __all__ = [
     "NAMED_SCHEDULES",
     "SCHEDULE_TYPES",
@@ -52,23 +55,6 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-def _finite(name: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive(name: str, value: Any) -> float:
-    value = _finite(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class ConstantSchedule:
     """value(p) = value."""
@@ -81,6 +67,10 @@ class ConstantSchedule:
     def __call__(self, p: float) -> float:
         _clamp01(p)
         return self.value
+
+    def bounds(self) -> Dict[str, float]:
+        """The parameters that bound the values (checked against a loss setting's range)."""
+        return {"value": self.value}
 
 
 @dataclass(frozen=True)
@@ -96,6 +86,10 @@ class LinearSchedule:
 
     def __call__(self, p: float) -> float:
         return self.start + (self.end - self.start) * _clamp01(p)
+
+    def bounds(self) -> Dict[str, float]:
+        """The parameters that bound the values (checked against a loss setting's range)."""
+        return {"start": self.start, "end": self.end}
 
 
 @dataclass(frozen=True)
@@ -117,6 +111,10 @@ class SigmoidSchedule:
         z = (_clamp01(p) - self.midpoint) / self.temperature
         return self.start + (self.end - self.start) * _sigmoid(z)
 
+    def bounds(self) -> Dict[str, float]:
+        """The parameters that bound the values (checked against a loss setting's range)."""
+        return {"start": self.start, "end": self.end}
+
 
 @dataclass(frozen=True)
 class RampSigmoidSchedule:
@@ -137,6 +135,10 @@ class RampSigmoidSchedule:
     def __call__(self, p: float) -> float:
         t = min(_clamp01(p) / self.ramp, 1.0)
         return _sigmoid(self.scale * t)
+
+    def bounds(self) -> Dict[str, float]:
+        """The values at the start and the end of the ramp (the schedule lies between them)."""
+        return {"start": 0.5, "end": _sigmoid(self.scale)}
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ class EpochSigmoidSchedule:
     def __call__(self, p: float) -> float:
         epoch = self.total_epochs * _clamp01(p)
         return self.scale * _sigmoid((epoch - self.midpoint_epoch) / self.temperature)
+
+    def bounds(self) -> Dict[str, float]:
+        """The values lie between 0 and ``scale``."""
+        return {"scale": self.scale}
 
 
 Schedule = Union[

@@ -16,7 +16,8 @@ config with one line::
 - ``OneHotFocalLoss``: MMSeg's own ``FocalLoss`` (the focal baseline) fed one-hot targets, so
   that it also runs on CPU.
 - ``LabelSuperResolutionLoss``: one low-resolution label per block through the block-label map
-  of ``LoadBlockLabel`` (Zhao, Hou et al., seed 004), with the (eta, rho) table from a file.
+  of ``LoadBlockLabel`` (Zhao, Hou et al., "Label super resolution with inter-instance loss",
+  arXiv 2019), with the (eta, rho) table from a file.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from mmseg.models.losses import FocalLoss
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from sparse_ext.losses._validate import check_nonnegative, check_unit
 from sparse_ext.losses.exclusive_cross_entropy import ExclusiveCrossEntropy
-from sparse_ext.losses.label_super_resolution import load_lsr_table, lsr_loss
-from sparse_ext.losses.nnpu import nnpu_loss
+from sparse_ext.losses.label_super_resolution import check_lsr_settings, load_lsr_table, lsr_loss
+from sparse_ext.losses.nnpu import check_nnpu_settings, nnpu_loss
 from sparse_ext.mmseg.transforms import (
     NO_PIXEL_LABEL,
     codes_to_labels,
@@ -116,7 +118,7 @@ class ExclusiveCrossEntropyLoss(nn.Module):
             focal_gamma=focal_gamma,
         )
         self.use_sigmoid = use_sigmoid
-        self.loss_weight = loss_weight
+        self.loss_weight = check_nonnegative("loss_weight", loss_weight)
         self._loss_name = _check_loss_name(loss_name)
 
     def set_progress(self, progress: float) -> None:
@@ -158,7 +160,8 @@ class NonNegativePULoss(nn.Module):
         prior: expected fraction of object pixels, in (0, 1).
         mode: "detection" (E_x over positive + unlabeled pixels, the paper's) or "classic".
         nonnegative: "clamp", "kiryo" or "none".
-        beta, gamma: Kiryo et al.'s nnPU parameters (``nonnegative="kiryo"``).
+        beta, gamma: Kiryo et al.'s nnPU parameters (``nonnegative="kiryo"``), beta >= 0,
+            gamma in [0, 1].
         loss_weight: weight of the loss.
         loss_name: name of the loss item (``loss_`` prefix).
     """
@@ -174,14 +177,13 @@ class NonNegativePULoss(nn.Module):
         loss_name: str = "loss_nnpu",
     ) -> None:
         super().__init__()
-        if not 0.0 < float(prior) < 1.0:
-            raise ValueError(f"prior must be in (0, 1), got {prior}")
-        self.prior = float(prior)
-        self.mode = mode
-        self.nonnegative = nonnegative
-        self.beta = beta
-        self.gamma = gamma
-        self.loss_weight = loss_weight
+        settings = check_nnpu_settings(prior, mode, nonnegative, beta, gamma)
+        self.prior = settings.prior
+        self.mode = settings.mode
+        self.nonnegative = settings.nonnegative
+        self.beta = settings.beta
+        self.gamma = settings.gamma
+        self.loss_weight = check_nonnegative("loss_weight", loss_weight)
         self._loss_name = _check_loss_name(loss_name)
 
     def forward(
@@ -229,8 +231,34 @@ class OneHotFocalLoss(FocalLoss):
     branch indexes them with ``[:, num_classes]`` and fails. This subclass passes the one-hot
     targets itself (MMSeg's own working branch) and the non-ignored pixels as weights, so the
     maths is MMSeg's (``py_sigmoid_focal_loss``, mean over pixels x classes as MMSeg's) on any
-    device. A one-channel head (``out_channels=1``) gets the foreground indicator.
+    device. A one-channel head (``out_channels=1``) gets the foreground indicator. gamma >= 0
+    and alpha (a float or one per class) in [0, 1] are checked when the model is built.
     """
+
+    def __init__(
+        self,
+        use_sigmoid: bool = True,
+        gamma: float = 2.0,
+        alpha: Union[float, list] = 0.5,
+        reduction: str = "mean",
+        class_weight: Optional[list] = None,
+        loss_weight: float = 1.0,
+        loss_name: str = "loss_focal",
+    ) -> None:
+        gamma = check_nonnegative("gamma", gamma)
+        if isinstance(alpha, (list, tuple)):
+            alpha = [check_unit(f"alpha[{i}]", a) for i, a in enumerate(alpha)]
+        else:
+            alpha = check_unit("alpha", alpha)
+        super().__init__(
+            use_sigmoid=use_sigmoid,
+            gamma=gamma,
+            alpha=alpha,
+            reduction=reduction,
+            class_weight=class_weight,
+            loss_weight=check_nonnegative("loss_weight", loss_weight),
+            loss_name=_check_loss_name(loss_name),
+        )
 
     def forward(
         self,
@@ -280,21 +308,22 @@ def _table_tensors(table: Union[str, dict]) -> tuple[Tensor, Tensor, list]:
 
 @MODELS.register_module()
 class LabelSuperResolutionLoss(nn.Module):
-    """Label super-resolution statistics matching (Zhao, Hou et al., Eq. 1-11, Appendix A).
+    """Label super-resolution statistics matching (Zhao, Hou et al., arXiv 2019, Eq. 1-11,
+    Appendix A).
 
     Works with MMSeg's stock decode heads: ``LoadBlockLabel`` (with ``LSRBlockDataset``) writes
     each block's low-resolution labels into its label map (see :mod:`sparse_ext.mmseg.transforms`
     for the encoding); this loss reads one label tuple back per block, takes the block's
     non-padding pixels as ``valid_mask`` and calls :func:`sparse_ext.losses.lsr_loss`. Blocks
     with no valid pixel are left out. ``highres_weight > 0`` adds cross-entropy on the pixels
-    that carry a high-res label (seed 004's "& high res" variants): loss = LSR + w * CE.
+    that carry a high-res label (the paper's "& high res" variants): loss = LSR + w * CE.
 
     Args:
         table: path of the joint-distribution table (``table.json`` of ``lsr-blocks``) or a
             dict with ``eta`` and ``rho`` (L x Z); L must equal the head's classes.
         mode: "intra", "inter" or "intra_inter".
-        alpha: scale of rho (Appendix A).
-        variance_floor: keeps the log term bounded (both reference codes use 0.03).
+        alpha: scale of rho, in [0, 1] (Appendix A, Eq. 17).
+        variance_floor: keeps the log term bounded, > 0 (both reference codes use 0.03).
         distance: "eq5" (Eq. 5/9 as published) or "gaussian" (no collapsed minimum; see
             :mod:`sparse_ext.losses.label_super_resolution`).
         highres_weight: weight of the high-res CE term; 0 disables it.
@@ -314,10 +343,9 @@ class LabelSuperResolutionLoss(nn.Module):
         loss_name: str = "loss_lsr",
     ) -> None:
         super().__init__()
-        if mode not in ("intra", "inter", "intra_inter"):
-            raise ValueError(f"mode must be 'intra', 'inter' or 'intra_inter', got {mode!r}")
-        if distance not in ("eq5", "gaussian"):
-            raise ValueError(f"distance must be 'eq5' or 'gaussian', got {distance!r}")
+        mode, distance, alpha, variance_floor = check_lsr_settings(
+            mode, distance, alpha, variance_floor
+        )
         self.distance = distance
         eta, rho, self.classes = _table_tensors(table)
         self.register_buffer("eta", eta, persistent=False)
@@ -327,8 +355,8 @@ class LabelSuperResolutionLoss(nn.Module):
         self.mode = mode
         self.alpha = alpha
         self.variance_floor = variance_floor
-        self.highres_weight = float(highres_weight)
-        self.loss_weight = loss_weight
+        self.highres_weight = check_nonnegative("highres_weight", highres_weight)
+        self.loss_weight = check_nonnegative("loss_weight", loss_weight)
         self._loss_name = _check_loss_name(loss_name)
 
     def block_labels(self, label: Tensor) -> tuple[Tensor, Tensor, Tensor]:
