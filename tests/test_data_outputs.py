@@ -226,10 +226,12 @@ def test_outputs_among_inputs_are_refused(project, name, out, named, capsys):
 # fails the same way (EFBIG) and is reported as "unraisable": harmless, the file is already deleted
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("name", list(_calls(Path("."))))
-def test_a_failed_write_leaves_the_previous_output_untouched(project, name, tmp_path_factory):
+def test_a_failed_write_leaves_the_previous_output_untouched(
+    project, name, tmp_path_factory, capsys
+):
     """A write failing halfway through a file (file-size limit) leaves no partial or temporary
     file, no new folder, and the previous run's outputs byte for byte."""
-    call, _ = _calls(project)[name]
+    call, cli = _calls(project)[name]
     out_root = tmp_path_factory.mktemp("out")
     out = out_root / ("result.json" if name in ("masks2coco", "points2coco", "one-per-patch",
                                                 "merge") else "result")  # fmt: skip
@@ -245,6 +247,12 @@ def test_a_failed_write_leaves_the_previous_output_untouched(project, name, tmp_
     with file_size_limit(16), pytest.raises(OSError):
         call(fresh)
     assert not (out_root / "fresh").exists()
+    # the CLI reports the failed write in one line (exit status 2), and leaves nothing either
+    with file_size_limit(16):
+        rc = main(["convert", *cli(fresh)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("sparse-ext: error:") and "too large" in err[-1]
+    assert not (out_root / "fresh").exists() and tree(out_root) == before
 
 
 def test_a_failure_after_some_files_commits_none(project, tmp_path_factory):

@@ -29,7 +29,8 @@ def _optional_dir(text: str) -> Optional[str]:
 
 
 def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report bad input as one line on stderr (exit status 2) instead of a traceback."""
+    """Report bad input, and failed reads or writes (a full disk, a permission), as one line on
+    stderr (exit status 2) instead of a traceback."""
 
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
@@ -37,14 +38,7 @@ def _clear_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 
         try:
             return func(args)
-        except (
-            FileNotFoundError,
-            FileExistsError,
-            KeyError,
-            ValueError,
-            ImportError,
-            FetchError,
-        ) as e:
+        except (OSError, KeyError, ValueError, ImportError, FetchError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"sparse-ext: error: {msg}", file=sys.stderr)
             return 2

@@ -182,75 +182,81 @@ def masks_to_coco(
     annotations: List[Dict[str, Any]] = []
     max_class = 0
     empty = 0
-    items = progress(images.items(), "masks2coco", total=len(images), verbose=verbose, unit="image")
-    for image_id, (stem, img_path) in enumerate(items, start=1):
-        h, w = image_size(img_path)
-        coco_images.append({"id": image_id, "file_name": img_path.name, "width": w, "height": h})
-        n_before = len(annotations)
-        for cat_index, src in enumerate(sources):
-            if stem not in src:
-                continue
-            inst = read_image(src[stem])
-            if inst.ndim == 3 and inst.shape[-1] == 1:
-                inst = inst[..., 0]
-            if inst.ndim != 2:
-                raise ValueError(
-                    f"mask {src[stem]} must be a 2-D label map, got shape {inst.shape}"
-                )
-            if inst.shape != (h, w):
-                raise ValueError(
-                    f"size mismatch: mask {src[stem]} is {inst.shape[1]}x{inst.shape[0]} but image "
-                    f"{img_path} is {w}x{h} (width x height)"
-                )
-            if not np.issubdtype(inst.dtype, np.integer):
-                if not np.array_equal(inst, np.round(inst)):
-                    raise ValueError(f"mask {src[stem]} holds non-integer values ({inst.dtype})")
-                inst = inst.astype(np.int64)
-            if inst.min() < 0:
-                raise ValueError(f"mask {src[stem]} holds negative label ids")
-            ids, rles = encode_instances(inst)
-            if len(ids) == 0:
-                continue
-            if classes is not None:
-                cmap = read_image(classes[stem])
-                if cmap.shape != inst.shape:
+    with progress(
+        images.items(), "masks2coco", total=len(images), verbose=verbose, unit="image"
+    ) as bar:
+        for image_id, (stem, img_path) in enumerate(bar, start=1):
+            h, w = image_size(img_path)
+            coco_images.append(
+                {"id": image_id, "file_name": img_path.name, "width": w, "height": h}
+            )
+            n_before = len(annotations)
+            for cat_index, src in enumerate(sources):
+                if stem not in src:
+                    continue
+                inst = read_image(src[stem])
+                if inst.ndim == 3 and inst.shape[-1] == 1:
+                    inst = inst[..., 0]
+                if inst.ndim != 2:
                     raise ValueError(
-                        f"size mismatch: class map {classes[stem]} has shape {cmap.shape}, mask "
-                        f"{src[stem]} has shape {inst.shape}"
+                        f"mask {src[stem]} must be a 2-D label map, got shape {inst.shape}"
                     )
-                cat = _majority_class(inst, cmap, ids)
-                if (cat == 0).any():
-                    bad = ids[cat == 0][:5].tolist()
+                if inst.shape != (h, w):
                     raise ValueError(
-                        f"instances {bad} of {src[stem]} lie mostly on class 0 (background) of "
-                        f"{classes[stem]}"
+                        f"size mismatch: mask {src[stem]} is {inst.shape[1]}x{inst.shape[0]} but image "
+                        f"{img_path} is {w}x{h} (width x height)"
                     )
-                max_class = max(max_class, int(cat.max()))
-            else:
-                cat = np.full(len(ids), cat_index + 1)
-            areas = mask_utils.area(rles)
-            boxes = mask_utils.toBbox(rles)
-            start = len(annotations) + 1
-            annotations += [
-                {
-                    "id": start + k,
-                    "image_id": image_id,
-                    "category_id": int(cat[k]),
-                    "bbox": [float(v) for v in boxes[k]],
-                    "area": int(areas[k]),
-                    "segmentation": rles[k],
-                    "iscrowd": 0,
-                    "instance_id": int(ids[k]),
-                }
-                for k in range(len(ids))
-            ]
-        if len(annotations) == n_before:
-            empty += 1
-            if not allow_empty and any(stem in src for src in sources):
-                raise ValueError(
-                    f"mask for image '{stem}' is empty (all zero); pass allow_empty=True / "
-                    f"--allow-empty to keep images without objects"
-                )
+                if not np.issubdtype(inst.dtype, np.integer):
+                    if not np.array_equal(inst, np.round(inst)):
+                        raise ValueError(
+                            f"mask {src[stem]} holds non-integer values ({inst.dtype})"
+                        )
+                    inst = inst.astype(np.int64)
+                if inst.min() < 0:
+                    raise ValueError(f"mask {src[stem]} holds negative label ids")
+                ids, rles = encode_instances(inst)
+                if len(ids) == 0:
+                    continue
+                if classes is not None:
+                    cmap = read_image(classes[stem])
+                    if cmap.shape != inst.shape:
+                        raise ValueError(
+                            f"size mismatch: class map {classes[stem]} has shape {cmap.shape}, mask "
+                            f"{src[stem]} has shape {inst.shape}"
+                        )
+                    cat = _majority_class(inst, cmap, ids)
+                    if (cat == 0).any():
+                        bad = ids[cat == 0][:5].tolist()
+                        raise ValueError(
+                            f"instances {bad} of {src[stem]} lie mostly on class 0 (background) of "
+                            f"{classes[stem]}"
+                        )
+                    max_class = max(max_class, int(cat.max()))
+                else:
+                    cat = np.full(len(ids), cat_index + 1)
+                areas = mask_utils.area(rles)
+                boxes = mask_utils.toBbox(rles)
+                start = len(annotations) + 1
+                annotations += [
+                    {
+                        "id": start + k,
+                        "image_id": image_id,
+                        "category_id": int(cat[k]),
+                        "bbox": [float(v) for v in boxes[k]],
+                        "area": int(areas[k]),
+                        "segmentation": rles[k],
+                        "iscrowd": 0,
+                        "instance_id": int(ids[k]),
+                    }
+                    for k in range(len(ids))
+                ]
+            if len(annotations) == n_before:
+                empty += 1
+                if not allow_empty and any(stem in src for src in sources):
+                    raise ValueError(
+                        f"mask for image '{stem}' is empty (all zero); pass allow_empty=True / "
+                        f"--allow-empty to keep images without objects"
+                    )
     if categories is None:
         names = list(category_names or [])
         categories = [

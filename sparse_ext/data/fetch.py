@@ -308,15 +308,18 @@ def _convert(
 ):
     splits: Dict[str, List[str]] = {s: [] for s in SPLITS}
     total = sum(len(v) for v in spec.splits.values())
-    for stem, split, img, inst in progress(
-        records, f"data fetch {name}", total=total, verbose=verbose, unit="image"
-    ):
-        if inst.shape != img.shape[:2]:
-            raise FetchError(f"{stem}: image {img.shape} and labels {inst.shape} differ in size")
-        write_image(out / "images" / split / f"{stem}.png", normalise_image(img))
-        write_image(out / "instances" / split / f"{stem}.tif", inst.astype(np.uint16))
-        write_image(out / "labels" / "full" / split / f"{stem}.png", (inst > 0).astype(np.uint8))
-        splits[split].append(stem)
+    with progress(records, f"data fetch {name}", total=total, verbose=verbose, unit="image") as bar:
+        for stem, split, img, inst in bar:
+            if inst.shape != img.shape[:2]:
+                raise FetchError(
+                    f"{stem}: image {img.shape} and labels {inst.shape} differ in size"
+                )
+            write_image(out / "images" / split / f"{stem}.png", normalise_image(img))
+            write_image(out / "instances" / split / f"{stem}.tif", inst.astype(np.uint16))
+            write_image(
+                out / "labels" / "full" / split / f"{stem}.png", (inst > 0).astype(np.uint8)
+            )
+            splits[split].append(stem)
     counts = {}
     for split in SPLITS:
         s = masks_to_coco(

@@ -95,17 +95,19 @@ def semantic_dir_to_instances(
     total = 0
     empty = 0
     with outputs:
-        items = progress(masks.items(), "semantic2instances", total=len(masks), verbose=verbose)
-        for stem, path in items:
-            mask = read_image(path)
-            if mask.ndim == 3:
-                raise ValueError(f"mask {path} must be a 2-D class map, got shape {mask.shape}")
-            inst = semantic_to_instances(mask, diameter, background=background)
-            n = int(inst.max())
-            total += n
-            empty += n == 0
-            dtype: Optional[type] = np.uint16 if n < 65536 else np.int32
-            outputs.write_image(out_dir / f"{stem}{out_ext}", inst.astype(dtype))
+        with progress(
+            masks.items(), "semantic2instances", total=len(masks), verbose=verbose
+        ) as bar:
+            for stem, path in bar:
+                mask = read_image(path)
+                if mask.ndim == 3:
+                    raise ValueError(f"mask {path} must be a 2-D class map, got shape {mask.shape}")
+                inst = semantic_to_instances(mask, diameter, background=background)
+                n = int(inst.max())
+                total += n
+                empty += n == 0
+                dtype: Optional[type] = np.uint16 if n < 65536 else np.int32
+                outputs.write_image(out_dir / f"{stem}{out_ext}", inst.astype(dtype))
     return Summary(
         "semantic2instances",
         images=len(masks),

@@ -88,12 +88,13 @@ def progress(
     total: Optional[int] = None,
     verbose: bool = True,
     unit: str = "it",
-) -> Iterator[T]:
-    """``iterable`` wrapped in a tqdm progress bar on stderr; with ``verbose=False`` nothing is
-    printed at all (tqdm's ``disable``)."""
+):
+    """A tqdm progress bar on stderr over ``iterable``; with ``verbose=False`` nothing is printed
+    at all (tqdm's ``disable``). Use it as a context manager, ``with progress(...) as bar: for x in
+    bar:``, so that the bar is closed (its line ended) before an error is reported."""
     from tqdm import tqdm
 
-    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=not verbose))
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not verbose)
 
 
 @contextlib.contextmanager

@@ -246,50 +246,53 @@ def _cut_blocks(
     fractions: List[np.ndarray] = []  # (L,) per block
     skipped = 0
     npix = block * block
-    for stem, path in progress(
+    with progress(
         images.items(), "lsr-blocks", total=len(images), verbose=verbose, unit="image"
-    ):
-        img = read_image(path)
-        h, w = img.shape[:2]
-        if h < block or w < block:
-            skipped += 1
-            continue
-        mask = None
-        if masks is not None:
-            mask = read_image(masks[stem])
-            if mask.shape[:2] != (h, w) or mask.ndim != 2:
-                raise ValueError(
-                    f"size mismatch: mask {masks[stem]} has shape {mask.shape}, image {path} "
-                    f"has shape {img.shape}"
-                )
-            if mask.min() < 0 or mask.max() >= L:
-                raise ValueError(
-                    f"mask {masks[stem]} holds values outside 0..{L - 1} (classes {classes}); "
-                    f"instance maps must be turned into class maps first"
-                )
-        grid = np.array([(h - block) // stride + 1, (w - block) // stride + 1])
-        if mask is not None:
-            counts, _ = block_fractions(mask, L, block, stride)
-            frac = counts / npix
-        if lows is not None:
-            z = _low_res_labels(lows[stem], grid, block, stride, bins)[..., None]
-        elif per_class:
-            z = quantise_fraction(counts, npix, bins)
-        else:
-            z = quantise_fraction(counts[..., quantise_class], npix, bins)[..., None]
-        for r in range(grid[0]):
-            for c in range(grid[1]):
-                name = f"{stem}_r{r}_c{c}.png"
-                y, x = r * stride, c * stride
-                outputs.write_image(out_dir / "blocks" / name, img[y : y + block, x : x + block])
-                if mask is not None:
-                    outputs.write_image(
-                        out_dir / "masks" / name,
-                        mask[y : y + block, x : x + block].astype(np.uint8),
+    ) as bar:
+        for stem, path in bar:
+            img = read_image(path)
+            h, w = img.shape[:2]
+            if h < block or w < block:
+                skipped += 1
+                continue
+            mask = None
+            if masks is not None:
+                mask = read_image(masks[stem])
+                if mask.shape[:2] != (h, w) or mask.ndim != 2:
+                    raise ValueError(
+                        f"size mismatch: mask {masks[stem]} has shape {mask.shape}, image {path} "
+                        f"has shape {img.shape}"
                     )
-                    fractions.append(frac[r, c])
-                names.append(name)
-                labels.append(z[r, c])
+                if mask.min() < 0 or mask.max() >= L:
+                    raise ValueError(
+                        f"mask {masks[stem]} holds values outside 0..{L - 1} (classes {classes}); "
+                        f"instance maps must be turned into class maps first"
+                    )
+            grid = np.array([(h - block) // stride + 1, (w - block) // stride + 1])
+            if mask is not None:
+                counts, _ = block_fractions(mask, L, block, stride)
+                frac = counts / npix
+            if lows is not None:
+                z = _low_res_labels(lows[stem], grid, block, stride, bins)[..., None]
+            elif per_class:
+                z = quantise_fraction(counts, npix, bins)
+            else:
+                z = quantise_fraction(counts[..., quantise_class], npix, bins)[..., None]
+            for r in range(grid[0]):
+                for c in range(grid[1]):
+                    name = f"{stem}_r{r}_c{c}.png"
+                    y, x = r * stride, c * stride
+                    outputs.write_image(
+                        out_dir / "blocks" / name, img[y : y + block, x : x + block]
+                    )
+                    if mask is not None:
+                        outputs.write_image(
+                            out_dir / "masks" / name,
+                            mask[y : y + block, x : x + block].astype(np.uint8),
+                        )
+                        fractions.append(frac[r, c])
+                    names.append(name)
+                    labels.append(z[r, c])
     if not names:
         return names, np.zeros((0, 1), np.int64), None, skipped
     z_all = np.stack(labels).astype(np.int64)  # (N, 1) or (N, L)

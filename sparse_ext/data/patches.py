@@ -138,20 +138,21 @@ def one_per_patch(
     order = np.argsort(arr.image_ids, kind="stable")
     sorted_ids = arr.image_ids[order]
     stats = {"patches": 0, "patches with one": 0, "patches left empty": 0}
-    for im in progress(images, "one-per-patch", total=len(images), verbose=verbose, unit="image"):
-        lo, hi = np.searchsorted(sorted_ids, [im["id"], im["id"] + 1])
-        sel = order[lo:hi]
-        ann, cell, n_patch = patch_membership(
-            centres[sel], im["width"], im["height"], patch, overlap
-        )
-        stats["patches"] += n_patch
-        if len(sel):
-            k = select_one_per_patch(ann, cell, len(sel), n_patch, priority[sel])
-            keep[sel[k]] = True
-            held = np.bincount(cell[k[ann]], minlength=n_patch)
-            has_any = np.bincount(cell, minlength=n_patch) > 0
-            stats["patches with one"] += int((held == 1).sum())
-            stats["patches left empty"] += int(((held == 0) & has_any).sum())
+    with progress(images, "one-per-patch", total=len(images), verbose=verbose, unit="image") as bar:
+        for im in bar:
+            lo, hi = np.searchsorted(sorted_ids, [im["id"], im["id"] + 1])
+            sel = order[lo:hi]
+            ann, cell, n_patch = patch_membership(
+                centres[sel], im["width"], im["height"], patch, overlap
+            )
+            stats["patches"] += n_patch
+            if len(sel):
+                k = select_one_per_patch(ann, cell, len(sel), n_patch, priority[sel])
+                keep[sel[k]] = True
+                held = np.bincount(cell[k[ann]], minlength=n_patch)
+                has_any = np.bincount(cell, minlength=n_patch) > 0
+                stats["patches with one"] += int((held == 1).sum())
+                stats["patches left empty"] += int(((held == 0) & has_any).sum())
     n = len(keep)
     info = dict(coco.head.get("info") or {})
     info.update(

@@ -212,27 +212,27 @@ def _write_label_maps(
     order = np.argsort(arr.image_ids, kind="stable")
     starts = np.searchsorted(arr.image_ids[order], [im["id"] for im in images], "left")
     ends = np.searchsorted(arr.image_ids[order], [im["id"] for im in images], "right")
-    items = progress(
+    with progress(
         zip(images, starts, ends),
         "subsample label maps",
         total=len(images),
         verbose=verbose,
         unit="image",
-    )
-    for im, s, e in items:
-        stem = Path(im["file_name"]).stem
-        if stem not in instance_files:
-            raise FileNotFoundError(f"no instance map for image '{stem}' in {instances_dir}")
-        inst = read_image(instance_files[stem])
-        if inst.shape[:2] != (im["height"], im["width"]):
-            raise ValueError(
-                f"size mismatch: instance map {instance_files[stem]} has shape {inst.shape}, image "
-                f"'{stem}' is {im['width']}x{im['height']} (width x height)"
-            )
-        sel = order[s:e]
-        if len(sel) and arr.category_ids[sel].max() > 255:
-            raise ValueError("category ids above 255 do not fit a uint8 label map")
-        for f in fractions:
-            k = sel[level[sel] <= f]
-            label = sparse_label_map(inst, inst_ids[k], arr.category_ids[k])
-            outputs.write_image(_labels_folder(labels_dir, f) / f"{stem}.png", label)
+    ) as bar:
+        for im, s, e in bar:
+            stem = Path(im["file_name"]).stem
+            if stem not in instance_files:
+                raise FileNotFoundError(f"no instance map for image '{stem}' in {instances_dir}")
+            inst = read_image(instance_files[stem])
+            if inst.shape[:2] != (im["height"], im["width"]):
+                raise ValueError(
+                    f"size mismatch: instance map {instance_files[stem]} has shape {inst.shape}, image "
+                    f"'{stem}' is {im['width']}x{im['height']} (width x height)"
+                )
+            sel = order[s:e]
+            if len(sel) and arr.category_ids[sel].max() > 255:
+                raise ValueError("category ids above 255 do not fit a uint8 label map")
+            for f in fractions:
+                k = sel[level[sel] <= f]
+                label = sparse_label_map(inst, inst_ids[k], arr.category_ids[k])
+                outputs.write_image(_labels_folder(labels_dir, f) / f"{stem}.png", label)

@@ -321,22 +321,22 @@ def _tile_slides(
                     )
                 inst_ids, inst_areas = _instance_areas(mask_reader, tile)
             try:
-                slide_tiles = progress(
+                with progress(
                     tiles[first_tile_id - 1 :], f"tile {stem}", verbose=verbose, unit="tile"
-                )
-                for t in slide_tiles:
-                    region = reader.read(t["y0"], t["x0"], th, tw)
-                    outputs.write_image(out_dir / "images" / t["file_name"], region)
-                    del region
-                    if mask_reader is not None:
-                        piece = mask_reader.read(t["y0"], t["x0"], th, tw)
-                        kept, lost = _mask_tile_annotations(
-                            piece, t["id"], inst_ids, inst_areas, min_visible, len(anns)
-                        )
-                        anns += kept
-                        dropped += lost
-                        mask_name = Path(t["file_name"]).with_suffix(".tif").name
-                        outputs.write_image(out_dir / "masks" / mask_name, piece)
+                ) as bar:
+                    for t in bar:
+                        region = reader.read(t["y0"], t["x0"], th, tw)
+                        outputs.write_image(out_dir / "images" / t["file_name"], region)
+                        del region
+                        if mask_reader is not None:
+                            piece = mask_reader.read(t["y0"], t["x0"], th, tw)
+                            kept, lost = _mask_tile_annotations(
+                                piece, t["id"], inst_ids, inst_areas, min_visible, len(anns)
+                            )
+                            anns += kept
+                            dropped += lost
+                            mask_name = Path(t["file_name"]).with_suffix(".tif").name
+                            outputs.write_image(out_dir / "masks" / mask_name, piece)
             finally:
                 if mask_reader is not None:
                     mask_reader.close()
