@@ -3,8 +3,9 @@
 
 Detectron2's tools/train_net.py pattern (DefaultTrainer, --eval-only, --num-gpus via launch) plus:
 ``add_sparse_config``, COCO datasets registered from the command line with ``--register-coco``,
-and evaluation by Detectron2's COCOEvaluator (AP) together with SparseDetectionEvaluator (F1,
-precision, recall, average recall/precision, exclusive recall).
+evaluation by Detectron2's COCOEvaluator (AP) together with SparseDetectionEvaluator (F1,
+precision, recall, average recall/precision, exclusive recall), and whole-model gradient-norm
+clipping (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"``, :mod:`sparse_ext.detectron2.solver`).
 
 ``--config-file`` takes our configs (configs/detectron2/*.yaml, whose R50 recipes take Detectron2's
 from the installed package through ``_BASE_: "model_zoo://..."``), any Detectron2 YAML config, such
@@ -34,6 +35,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import verify_results
 
 from sparse_ext.detectron2 import (
+    build_optimizer,
     build_sparse_evaluators,
     load_sparse_config,
     register_partial_coco,
@@ -41,8 +43,15 @@ from sparse_ext.detectron2 import (
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer evaluating with COCOEvaluator + SparseDetectionEvaluator. The sparse losses
-    read training progress from the trainer's EventStorage: no extra hook is needed."""
+    """DefaultTrainer evaluating with COCOEvaluator + SparseDetectionEvaluator, and with
+    ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` (whole-model gradient-norm clipping, as the
+    official code of Zhao, Pang et al. and Mask2Former's trainer; our recipes enable it). The
+    sparse losses read training progress from the trainer's EventStorage: no extra hook is
+    needed."""
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

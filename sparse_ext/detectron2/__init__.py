@@ -41,6 +41,11 @@ from sparse_ext.detectron2.roi_heads import (  # noqa: E402
     SparseROIHeads,
 )
 from sparse_ext.detectron2.rpn import SparseRPN  # noqa: E402
+from sparse_ext.detectron2.solver import (  # noqa: E402
+    build_optimizer,
+    maybe_add_full_model_gradient_clipping,
+    validate_clip_config,
+)
 
 __all__ = [
     "INSTALL_HINT",
@@ -51,11 +56,14 @@ __all__ = [
     "SparseROIHeads",
     "SparseRPN",
     "add_sparse_config",
+    "build_optimizer",
     "build_sparse_evaluators",
     "load_sparse_config",
+    "maybe_add_full_model_gradient_clipping",
     "model_zoo_config_file",
     "register_partial_coco",
     "set_sparse_progress",
+    "validate_clip_config",
     "validate_sparse_config",
     "validate_sparse_test_config",
 ]
