@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_ext.losses import NonNegativePULoss, nnpu_loss
+from sparse_ext.losses.nnpu import sampled_prior, unlabeled_prior
 
 
 def softplus(x: float) -> float:
@@ -192,11 +193,14 @@ def test_bad_input_errors():
     positives=st.floats(0.0, 1.0),
     softmax=st.booleans(),
     nonnegative=st.sampled_from(["clamp", "kiryo", "none"]),
-    mode=st.sampled_from(["detection", "classic"]),
+    mode=st.sampled_from(["detection", "classic", "sampled"]),
+    surrogate=st.sampled_from(["log", "sigmoid"]),
     half=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_finite_for_finite_logits(scale, n, positives, softmax, nonnegative, mode, half, seed):
+def test_finite_for_finite_logits(
+    scale, n, positives, softmax, nonnegative, mode, surrogate, half, seed
+):
     g = torch.Generator().manual_seed(seed)
     logits = scale * torch.randn((n, 3) if softmax else (n,), generator=g)
     if half:
@@ -204,7 +208,194 @@ def test_finite_for_finite_logits(scale, n, positives, softmax, nonnegative, mod
     logits.requires_grad_(True)
     is_pos = torch.rand(n, generator=g) < positives
     labels = torch.where(is_pos, torch.randint(0, 2, (n,), generator=g), 2) if softmax else is_pos
-    loss = nnpu_loss(logits, labels.long(), 0.3, mode=mode, nonnegative=nonnegative)
+    loss = nnpu_loss(
+        logits,
+        labels.long(),
+        0.3,
+        mode="detection" if mode == "sampled" else mode,
+        prior_mode="sampled" if mode == "sampled" else "fixed",
+        nonnegative=nonnegative,
+        surrogate=surrogate,
+    )
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all()
+
+
+# -- sampled prior (pi_b = Np/N + (Nu/N) pi_u) and the bounded surrogate ------------------------
+
+PI_U = 0.1
+
+
+def test_unlabeled_prior_and_sampled_prior_hand_computed():
+    # pi_u = (1 - f) q / (1 - f q)
+    assert unlabeled_prior(0.1, 0.06) == pytest.approx(0.9 * 0.06 / (1 - 0.1 * 0.06), rel=1e-12)
+    assert unlabeled_prior(0.3, 0.25) == pytest.approx(0.175 / 0.925, rel=1e-12)
+    assert unlabeled_prior(1.0, 0.25) == 0.0  # every object labelled
+    assert unlabeled_prior(1e-9, 0.25) == pytest.approx(0.25, rel=1e-6)  # nothing labelled: q
+    assert unlabeled_prior(0.5, 0.0) == 0.0
+    # pi_b = (Np + Nu pi_u) / N: 2 labelled, 3 unlabeled
+    assert sampled_prior(2, 3, PI_U) == pytest.approx(2.3 / 5, rel=1e-12)
+    assert sampled_prior(0, 4, PI_U) == pytest.approx(PI_U)
+    assert sampled_prior(3, 0, PI_U) == 1.0
+    assert sampled_prior(0, 0, PI_U) == 0.0
+    for bad in ((0.0, 0.1), (1.5, 0.1), (0.5, 1.0), (0.5, -0.1), (float("nan"), 0.1)):
+        with pytest.raises(ValueError, match="annotated_fraction|object_share"):
+            unlabeled_prior(*bad)
+    with pytest.raises(ValueError, match="unlabeled_prior"):
+        sampled_prior(1, 1, 1.0)
+
+
+@pytest.mark.parametrize("nonnegative", ["clamp", "none", "kiryo"])
+def test_sampled_prior_is_the_fixed_prior_pi_b_of_the_batch(nonnegative):
+    x, y = torch.tensor(X, dtype=torch.float64), torch.tensor(Y)
+    pi_b = (2 + 3 * PI_U) / 5  # 0.46, by hand
+    sampled = nnpu_loss(x, y, PI_U, prior_mode="sampled", nonnegative=nonnegative)
+    fixed = nnpu_loss(x, y, pi_b, nonnegative=nonnegative)
+    assert sampled.item() == pytest.approx(fixed.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("nonnegative", ["clamp", "none"])
+def test_sampled_prior_identity_ce_on_labelled_plus_classic_nnpu_on_unlabeled(nonnegative):
+    """R = Np/N mean_P H(c, 1) + Nu/N [pi_u mean_P H(c, 1) + max(0, mean_U H(c, 0)
+    - pi_u mean_P H(c, 0))], from the softplus values by hand."""
+    h0 = [softplus(x) for x in X]
+    h1 = [softplus(-x) for x in X]
+    pos, unl = [0, 1], [2, 3, 4]
+    mean_p_h1 = sum(h1[i] for i in pos) / 2
+    negative = sum(h0[i] for i in unl) / 3 - PI_U * sum(h0[i] for i in pos) / 2
+    if nonnegative == "clamp":
+        negative = max(0.0, negative)
+    expected = 2 / 5 * mean_p_h1 + 3 / 5 * (PI_U * mean_p_h1 + negative)
+    got = nnpu_loss(
+        torch.tensor(X, dtype=torch.float64),
+        torch.tensor(Y),
+        PI_U,
+        prior_mode="sampled",
+        nonnegative=nonnegative,
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # the same through the library's classic mode
+    classic = nnpu_loss(
+        torch.tensor(X, dtype=torch.float64),
+        torch.tensor(Y),
+        PI_U,
+        mode="classic",
+        nonnegative=nonnegative,
+    )
+    assert got.item() == pytest.approx(2 / 5 * mean_p_h1 + 3 / 5 * classic.item(), rel=1e-12)
+
+
+def test_sampled_prior_zero_is_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 2, 1, 2, 2, 0, 2, 2])
+    got = nnpu_loss(logits, labels, 0.0, prior_mode="sampled")
+    want = torch.nn.functional.cross_entropy(logits, labels)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_sampled_prior_never_pulls_labelled_samples_toward_background():
+    """Softmax (object, background): gradient descent on a labelled row lowers its background
+    logit with the sampled prior; the paper's fixed pi 0.04 < Np/N = 0.4 raises it."""
+    logits = torch.tensor(
+        [[0.5, 0.0], [-0.3, 0.0], [0.2, 0.0], [-1.0, 0.0], [0.1, 0.0]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    labels = torch.tensor([0, 0, 1, 1, 1])  # rows 0, 1 labelled objects
+    for prior, prior_mode, sign in ((PI_U, "sampled", 1.0), (0.04, "fixed", -1.0)):
+        (grad,) = torch.autograd.grad(
+            nnpu_loss(logits, labels, prior, prior_mode=prior_mode), logits
+        )
+        assert (sign * grad[:2, 1] > 0).all(), (prior_mode, grad)
+
+
+def test_sampled_prior_edge_cases():
+    x = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    # no labelled samples: pi_b = pi_u, the positive terms vanish: mean H(c, 0)
+    only_unlabeled = nnpu_loss(x, torch.tensor([0, 0]), PI_U, prior_mode="sampled")
+    assert only_unlabeled.item() == pytest.approx(softplus(0.5) / 2 + softplus(-1.0) / 2)
+    # no unlabeled samples: pi_b = 1, cross-entropy of the positives
+    only_labelled = nnpu_loss(x, torch.tensor([1, 1]), PI_U, prior_mode="sampled")
+    assert only_labelled.item() == pytest.approx(softplus(-0.5) / 2 + softplus(1.0) / 2)
+    empty = torch.zeros(0, 2, requires_grad=True)
+    loss = nnpu_loss(empty, torch.zeros(0, dtype=torch.long), PI_U, prior_mode="sampled")
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(empty.grad).all()
+
+
+def test_sigmoid_surrogate_hand_computed_and_bounded():
+    """H(c, 0) = 1 - p(background) = sigmoid(x), H(c, 1) = sigmoid(-x): Kiryo et al.'s sigmoid
+    loss."""
+
+    def sig(v):
+        return 1.0 / (1.0 + math.exp(-v))
+
+    h0 = [sig(x) for x in X]
+    h1 = [sig(-x) for x in X]
+    positive = PI / 2 * (h1[0] + h1[1])
+    negative = sum(h0) / 5 - PI / 2 * (h0[0] + h0[1])
+    got = nnpu_loss(torch.tensor(X, dtype=torch.float64), torch.tensor(Y), PI, surrogate="sigmoid")
+    assert got.item() == pytest.approx(positive + max(0.0, negative), rel=1e-12)
+    # bounded: even for huge logits every term is at most 1, the risk at most 1 + pi
+    big = torch.tensor([-1e4, 1e4, 1e4, 1e4], dtype=torch.float64)
+    y = torch.tensor([1, 0, 0, 0])
+    bounded = nnpu_loss(big, y, PI, surrogate="sigmoid")
+    assert 0.0 <= bounded.item() <= 1.0 + PI
+    assert nnpu_loss(big, y, PI).item() > 1e3  # the log loss is not
+
+
+@pytest.mark.parametrize("nonnegative", ["clamp", "none", "kiryo"])
+@pytest.mark.parametrize("prior_mode", ["fixed", "sampled"])
+@pytest.mark.parametrize("surrogate", ["log", "sigmoid"])
+def test_gradcheck_prior_modes_and_surrogates(nonnegative, prior_mode, surrogate):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 2, 0, 2, 2])
+    assert torch.autograd.gradcheck(
+        lambda t: nnpu_loss(
+            t,
+            labels,
+            0.2,
+            nonnegative=nonnegative,
+            prior_mode=prior_mode,
+            surrogate=surrogate,
+            beta=0.01,
+            gamma=0.5,
+        ),
+        (x,),
+    )
+    # the hand-written backward equals autograd through the written-out risk (sigmoid logits)
+    xs = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(Y)
+    got = torch.autograd.grad(
+        nnpu_loss(xs, y, 0.2, prior_mode=prior_mode, surrogate=surrogate, nonnegative="none"), xs
+    )[0]
+    h0 = torch.sigmoid(xs) if surrogate == "sigmoid" else torch.nn.functional.softplus(xs)
+    h1 = torch.sigmoid(-xs) if surrogate == "sigmoid" else torch.nn.functional.softplus(-xs)
+    pi = (2 + 3 * 0.2) / 5 if prior_mode == "sampled" else 0.2
+    risk = pi / 2 * h1[:2].sum() + h0.sum() / 5 - pi / 2 * h0[:2].sum()
+    (want,) = torch.autograd.grad(risk, xs)
+    torch.testing.assert_close(got, want)
+
+
+def test_new_settings_errors_and_module():
+    x, y = torch.zeros(2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="prior_mode"):
+        nnpu_loss(x, y, 0.1, prior_mode="auto")
+    with pytest.raises(ValueError, match="surrogate"):
+        nnpu_loss(x, y, 0.1, surrogate="hinge")
+    with pytest.raises(ValueError, match="needs mode 'detection'"):
+        nnpu_loss(x, y, 0.1, prior_mode="sampled", mode="classic")
+    with pytest.raises(ValueError, match="prior"):
+        nnpu_loss(x, y, 1.0, prior_mode="sampled")
+    with pytest.raises(ValueError, match="prior"):
+        NonNegativePULoss(prior=0.0)  # 0 only as a sampled pi_u
+    module = NonNegativePULoss(prior=0.0, prior_mode="sampled", surrogate="sigmoid")
+    logits = torch.randn(6, 2)
+    labels = torch.tensor([0, 1, 1, 0, 1, 1])
+    assert module(logits, labels).item() == pytest.approx(
+        nnpu_loss(logits, labels, 0.0, prior_mode="sampled", surrogate="sigmoid").item()
+    )
+    assert "prior_mode='sampled'" in repr(module) and "surrogate='sigmoid'" in repr(module)
