@@ -34,6 +34,7 @@ from sparse_ext.detectron2 import (  # noqa: E402
     validate_sparse_config,
 )
 from sparse_ext.losses import exclusive_cross_entropy, nnpu_loss  # noqa: E402
+from sparse_ext.losses.nnpu import unlabeled_prior  # noqa: E402
 from sparse_ext.losses.schedules import (  # noqa: E402
     ConstantSchedule,
     LinearSchedule,
@@ -222,6 +223,13 @@ BAD_SETTINGS = [
     ("MODEL.SPARSE.PU.RPN_PRIOR", 1.0, "in (0, 1) or 0"),
     ("MODEL.SPARSE.PU.RPN_PRIOR", -0.1, "in (0, 1) or 0"),
     ("MODEL.SPARSE.PU.MODE", "pu", "one of detection, classic"),
+    ("MODEL.SPARSE.PU.PRIOR_MODE", "auto", "one of fixed, sampled"),
+    ("MODEL.SPARSE.PU.SURROGATE", "hinge", "one of log, sigmoid"),
+    ("MODEL.SPARSE.PU.UNLABELED_PRIOR", 1.0, "in [0, 1) or -1"),
+    ("MODEL.SPARSE.PU.RPN_UNLABELED_PRIOR", -0.5, "in [0, 1) or -1"),
+    ("MODEL.SPARSE.PU.OBJECT_SHARE", 1.0, "in [0, 1)"),
+    ("MODEL.SPARSE.PU.RPN_OBJECT_SHARE", -0.01, "in [0, 1)"),
+    ("MODEL.SPARSE.ANNOTATED_FRACTION", 1.5, "in (0, 1] or 0"),
     ("MODEL.SPARSE.PU.NONNEGATIVE", "relu", "one of clamp, kiryo, none"),
     ("MODEL.SPARSE.PU.BETA", -0.1, ">= 0"),
     ("MODEL.SPARSE.PU.GAMMA", 1.5, "in [0, 1]"),
@@ -415,10 +423,21 @@ def test_ece_with_rho_one_equals_ce():
         torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-5, atol=1e-6)
 
 
-def test_nnpu_equals_core_function_on_the_heads_logits_and_labels():
+@pytest.mark.parametrize("prior_mode,surrogate", [("fixed", "log"), ("sampled", "sigmoid")])
+def test_nnpu_equals_core_function_on_the_heads_logits_and_labels(prior_mode, surrogate):
     cfg = tiny_cfg("nnpu", "nnpu", num_classes=2)
-    cfg.MODEL.SPARSE.PU.PRIOR = 0.3
-    cfg.MODEL.SPARSE.PU.RPN_PRIOR = 0.2
+    cfg.MODEL.SPARSE.PU.PRIOR_MODE = prior_mode
+    cfg.MODEL.SPARSE.PU.SURROGATE = surrogate
+    if prior_mode == "fixed":
+        cfg.MODEL.SPARSE.PU.PRIOR = 0.3
+        cfg.MODEL.SPARSE.PU.RPN_PRIOR = 0.2
+        roi_prior, rpn_prior = 0.3, 0.2
+    else:  # pi_u = (1 - f) q / (1 - f q) for each head's own q
+        cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.25
+        cfg.MODEL.SPARSE.PU.OBJECT_SHARE = 0.4
+        cfg.MODEL.SPARSE.PU.RPN_OBJECT_SHARE = 0.1
+        roi_prior, rpn_prior = 0.75 * 0.4 / 0.9, 0.75 * 0.1 / 0.975
+    options = dict(prior_mode=prior_mode, surrogate=surrogate)
     model = build(cfg)
     data = batch("mixed", num_classes=2)
     with EventStorage(0):
@@ -427,7 +446,7 @@ def test_nnpu_equals_core_function_on_the_heads_logits_and_labels():
         losses = model.roi_heads.box_predictor.losses(predictions, sampled)
         gt_classes = cat([p.gt_classes for p in sampled])
         assert (gt_classes == 2).any() and (gt_classes < 2).any()  # both kinds of samples
-        expected = nnpu_loss(predictions[0], gt_classes, 0.3, background_index=2)
+        expected = nnpu_loss(predictions[0], gt_classes, roi_prior, background_index=2, **options)
         torch.testing.assert_close(losses["loss_cls"], expected)
 
         # RPN: the objectness logits of the sampled anchors with labels 1 / 0 (ignored dropped)
@@ -448,8 +467,63 @@ def test_nnpu_equals_core_function_on_the_heads_logits_and_labels():
         labels = torch.stack(labels)
         valid = labels >= 0
         assert (labels == -1).any()
-        expected = nnpu_loss(cat(logits, dim=1)[valid], labels[valid].long(), 0.2)
+        expected = nnpu_loss(cat(logits, dim=1)[valid], labels[valid].long(), rpn_prior, **options)
         torch.testing.assert_close(rpn_losses["loss_rpn_cls"], expected)
+
+
+def test_sampled_prior_reads_the_annotated_fraction_from_the_training_metadata():
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = (
+        "sparse_adapter_f30",
+        "sparse_adapter_f30b",
+        "sparse_adapter_f50",
+        "sparse_adapter_none",
+    )
+    for name, fraction in zip(names, (0.3, 0.3, 0.5, None)):
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(sparse_fraction=fraction)
+    try:
+        cfg = tiny_cfg("nnpu", "nnpu")
+        cfg.MODEL.SPARSE.PU.PRIOR_MODE = "sampled"
+        cfg.DATASETS.TRAIN = (names[0], names[1])
+        model = build(cfg)
+        assert model.roi_heads.box_predictor.pu_options["prior"] == pytest.approx(
+            unlabeled_prior(0.3, 0.06)
+        )
+        assert model.proposal_generator.pu_options["prior"] == pytest.approx(
+            unlabeled_prior(0.3, 0.0014)
+        )
+        cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 1.0  # the key wins: every object labelled, pi_u 0
+        assert build(cfg).roi_heads.box_predictor.pu_options["prior"] == 0.0
+        cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.0
+        cfg.MODEL.SPARSE.PU.UNLABELED_PRIOR = 0.05  # explicit pi_u
+        assert build(cfg).roi_heads.box_predictor.pu_options["prior"] == 0.05
+        cfg.DATASETS.TRAIN = (names[0], names[2])
+        with pytest.raises(ValueError, match="different annotated fractions"):
+            build(cfg)
+        cfg.DATASETS.TRAIN = (names[3],)
+        with pytest.raises(ValueError, match="set MODEL.SPARSE.ANNOTATED_FRACTION or MODEL.SPARSE"):
+            build(cfg)  # the RPN still derives its pi_u
+        cfg.MODEL.SPARSE.PU.MODE = "classic"
+        with pytest.raises(ValueError, match="PRIOR_MODE 'sampled' needs MODE 'detection'"):
+            build(cfg)
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+@pytest.mark.parametrize("surrogate", ["log", "sigmoid"])
+def test_nnpu_sampled_prior_trains(surrogate):
+    cfg = tiny_cfg("nnpu", "nnpu", num_classes=2)
+    cfg.MODEL.SPARSE.PU.PRIOR_MODE = "sampled"
+    cfg.MODEL.SPARSE.PU.SURROGATE = surrogate
+    cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.1
+    history, grads = train_steps(build(cfg), batch("mixed", num_classes=2), steps=2)
+    assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+    for name, g in grads.items():
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
 def test_ece_rho_follows_the_schedule_as_storage_iter_advances():

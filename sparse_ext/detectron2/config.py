@@ -13,10 +13,12 @@ __all__ = [
     "MODEL_ZOO_PREFIX",
     "VALID_LOSSES",
     "add_sparse_config",
+    "annotated_fraction",
     "build_ece_loss",
     "check_loss_name",
     "load_sparse_config",
     "model_zoo_config_file",
+    "pu_prior",
     "resolve_config_file",
     "sparse_loss_options",
     "validate_sparse_config",
@@ -41,6 +43,11 @@ def add_sparse_config(cfg: CN) -> None:
     _C.MODEL.SPARSE = CN()
     _C.MODEL.SPARSE.ROI_LOSS = "ce"
     _C.MODEL.SPARSE.RPN_LOSS = "ce"
+    # The share f of the objects that carry an annotation, in (0, 1]; 0: read it from the
+    # training datasets' metadata "sparse_fraction" (register_partial_coco copies the COCO file's
+    # info.sparse_fraction, written by sparse-ext convert subsample). The segmentation recipes'
+    # annotated_fraction. Used by the nnPU sampled prior.
+    _C.MODEL.SPARSE.ANNOTATED_FRACTION = 0.0
 
     # Exclusive cross-entropy (Panteli et al., ICCV 2021, Eq. 7-8), sparse_ext.losses.
     _C.MODEL.SPARSE.ECE = CN()
@@ -59,12 +66,28 @@ def add_sparse_config(cfg: CN) -> None:
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
     _C.MODEL.SPARSE.PU = CN()
-    _C.MODEL.SPARSE.PU.PRIOR = 0.04  # pi = Pr(positive) among the sampled proposals
+    # "fixed": the paper's constant pi = PRIOR (RPN_PRIOR), the share of true objects among ALL
+    # sampled proposals (anchors). "sampled": per batch pi_b = Np/N + (Nu/N) pi_u with pi_u the
+    # share of true objects among the sampled UNLABELED proposals (sparse_ext.losses.nnpu).
+    _C.MODEL.SPARSE.PU.PRIOR_MODE = "fixed"
+    _C.MODEL.SPARSE.PU.PRIOR = 0.04  # fixed pi among the sampled proposals
     _C.MODEL.SPARSE.PU.RPN_PRIOR = 0.0  # among the sampled anchors; 0 = use PRIOR
-    _C.MODEL.SPARSE.PU.MODE = "detection"  # or "classic"
+    # sampled: pi_u of the ROI head and of the RPN; -1 = derived from ANNOTATED_FRACTION f and
+    # the object share q by unlabeled_prior: pi_u = (1 - f) q / (1 - f q).
+    _C.MODEL.SPARSE.PU.UNLABELED_PRIOR = -1.0
+    _C.MODEL.SPARSE.PU.RPN_UNLABELED_PRIOR = -1.0
+    # q: the share of candidates on a true object with every object annotated. ROI proposals:
+    # 0.06, the true share among sampled proposals measured early in training on HeLa at 10 %
+    # (issue 12); RPN anchors (IoU >= 0.7): 0.0014, measured on HeLa 256 px crops with the tiny
+    # config's anchors (8-128 px). Both grow with the detector's and the dataset's object density.
+    _C.MODEL.SPARSE.PU.OBJECT_SHARE = 0.06
+    _C.MODEL.SPARSE.PU.RPN_OBJECT_SHARE = 0.0014
+    _C.MODEL.SPARSE.PU.MODE = "detection"  # or "classic" (fixed prior only)
     _C.MODEL.SPARSE.PU.NONNEGATIVE = "clamp"  # or "kiryo", "none"
     _C.MODEL.SPARSE.PU.BETA = 0.0
     _C.MODEL.SPARSE.PU.GAMMA = 1.0
+    # H in the risk: "log" (-log p, Eq. 9) or "sigmoid" (1 - p, bounded; Kiryo et al.)
+    _C.MODEL.SPARSE.PU.SURROGATE = "log"
 
     # Box-density calibration (Li et al., MICCAI 2020), sparse_ext.losses.bde_weights: the
     # current iteration's own predictions with score >= SCORE_THRESH overlapping an unannotated
@@ -212,7 +235,7 @@ def validate_sparse_config(cfg: CN) -> None:
             range or choices, e.g. ``MODEL.SPARSE.PU.PRIOR = 1.5: must be in (0, 1)``.
     """
     from sparse_ext.losses.exclusive_cross_entropy import CONFIDENCE_MODES
-    from sparse_ext.losses.nnpu import MODES, NONNEGATIVE
+    from sparse_ext.losses.nnpu import MODES, NONNEGATIVE, PRIOR_MODES, SURROGATES
 
     sparse = cfg.MODEL.SPARSE
     errors: List[str] = []
@@ -220,6 +243,16 @@ def validate_sparse_config(cfg: CN) -> None:
         # the message lists the names as check_loss_name does; the case is free
         loss = sparse[key].lower() if isinstance(sparse[key], str) else sparse[key]
         _check_choice(errors, f"MODEL.SPARSE.{key}", loss, VALID_LOSSES)
+    _check_number(
+        errors,
+        "MODEL.SPARSE.ANNOTATED_FRACTION",
+        sparse.ANNOTATED_FRACTION,
+        0.0,
+        1.0,
+        lo_open=True,
+        allowed=(0.0,),
+        what="0: the training datasets' sparse_fraction",
+    )
 
     ece = sparse.ECE
     _check_schedule(errors, "MODEL.SPARSE.ECE.SCHEDULE", ece.SCHEDULE, "rho, a confidence")
@@ -251,6 +284,25 @@ def validate_sparse_config(cfg: CN) -> None:
         what="the RPN's class prior; 0: use PRIOR",
     )
     _check_choice(errors, "MODEL.SPARSE.PU.MODE", pu.MODE, MODES)
+    _check_choice(errors, "MODEL.SPARSE.PU.PRIOR_MODE", pu.PRIOR_MODE, PRIOR_MODES)
+    _check_choice(errors, "MODEL.SPARSE.PU.SURROGATE", pu.SURROGATE, SURROGATES)
+    if pu.PRIOR_MODE == "sampled" and pu.MODE != "detection":
+        errors.append(
+            f"MODEL.SPARSE.PU.MODE = {pu.MODE!r}: PRIOR_MODE 'sampled' needs MODE 'detection'"
+        )
+    for key in ("UNLABELED_PRIOR", "RPN_UNLABELED_PRIOR"):
+        _check_number(
+            errors,
+            f"MODEL.SPARSE.PU.{key}",
+            pu[key],
+            0.0,
+            1.0,
+            hi_open=True,
+            allowed=(-1.0,),
+            what="pi_u; -1: from ANNOTATED_FRACTION and the object share",
+        )
+    for key in ("OBJECT_SHARE", "RPN_OBJECT_SHARE"):
+        _check_number(errors, f"MODEL.SPARSE.PU.{key}", pu[key], 0.0, 1.0, hi_open=True)
     _check_choice(errors, "MODEL.SPARSE.PU.NONNEGATIVE", pu.NONNEGATIVE, NONNEGATIVE)
     _check_number(errors, "MODEL.SPARSE.PU.BETA", pu.BETA, 0.0)
     _check_number(errors, "MODEL.SPARSE.PU.GAMMA", pu.GAMMA, 0.0, 1.0, what="Kiryo et al.")
@@ -315,6 +367,61 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
     )
 
 
+def annotated_fraction(cfg: CN) -> Optional[float]:
+    """The annotated fraction f: ``MODEL.SPARSE.ANNOTATED_FRACTION`` when > 0, else the
+    ``sparse_fraction`` that the training datasets' metadata record (``register_partial_coco``
+    copies the COCO file's ``info.sparse_fraction``); None when none records one.
+
+    Raises:
+        ValueError: the training datasets record different fractions (set the key).
+    """
+    if cfg.MODEL.SPARSE.ANNOTATED_FRACTION > 0:
+        return float(cfg.MODEL.SPARSE.ANNOTATED_FRACTION)
+    from detectron2.data import MetadataCatalog
+
+    recorded = {
+        name: MetadataCatalog.get(name).get("sparse_fraction", None) for name in cfg.DATASETS.TRAIN
+    }
+    values = {float(v) for v in recorded.values() if v is not None}
+    if len(values) > 1:
+        raise ValueError(
+            f"the training datasets record different annotated fractions {recorded}: set "
+            "MODEL.SPARSE.ANNOTATED_FRACTION"
+        )
+    return values.pop() if values else None
+
+
+def pu_prior(cfg: CN, stage: str) -> float:
+    """The ``prior`` argument of ``nnpu_loss`` for the ROI head (``stage="roi"``) or the RPN.
+
+    PRIOR_MODE "fixed": PRIOR (the RPN: RPN_PRIOR when > 0). "sampled": pi_u, UNLABELED_PRIOR
+    (RPN_UNLABELED_PRIOR) when >= 0, else ``unlabeled_prior(f, q)`` =
+    (1 - f) q / (1 - f q) with f from :func:`annotated_fraction` and q = OBJECT_SHARE
+    (RPN_OBJECT_SHARE).
+
+    Raises:
+        ValueError: "sampled" with pi_u to derive and no annotated fraction known.
+    """
+    from sparse_ext.losses.nnpu import unlabeled_prior
+
+    pu = cfg.MODEL.SPARSE.PU
+    rpn = stage == "rpn"
+    if pu.PRIOR_MODE != "sampled":
+        return pu.RPN_PRIOR if rpn and pu.RPN_PRIOR > 0 else pu.PRIOR
+    pi_u = pu.RPN_UNLABELED_PRIOR if rpn else pu.UNLABELED_PRIOR
+    if pi_u >= 0:
+        return pi_u
+    fraction = annotated_fraction(cfg)
+    if fraction is None:
+        key = "RPN_UNLABELED_PRIOR" if rpn else "UNLABELED_PRIOR"
+        raise ValueError(
+            "MODEL.SPARSE.PU.PRIOR_MODE 'sampled' derives pi_u from the annotated fraction, "
+            f"which is unknown: set MODEL.SPARSE.ANNOTATED_FRACTION or MODEL.SPARSE.PU.{key}, or "
+            "train on COCO files with info.sparse_fraction (sparse-ext convert subsample)"
+        )
+    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if rpn else pu.OBJECT_SHARE)
+
+
 def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
     """Constructor arguments of SparseFastRCNNOutputLayers (``stage="roi"``) or SparseRPN
     (``stage="rpn"``) from ``cfg.MODEL.SPARSE``, after :func:`validate_sparse_config`."""
@@ -324,18 +431,17 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
     sparse = cfg.MODEL.SPARSE
     key = "MODEL.SPARSE.ROI_LOSS" if stage == "roi" else "MODEL.SPARSE.RPN_LOSS"
     loss = check_loss_name(sparse.ROI_LOSS if stage == "roi" else sparse.RPN_LOSS, key)
-    prior = sparse.PU.PRIOR
-    if stage == "rpn" and sparse.PU.RPN_PRIOR > 0:
-        prior = sparse.PU.RPN_PRIOR
     options: Dict[str, Any] = {
         "loss_name": loss,
         "max_iter": cfg.SOLVER.MAX_ITER,
         "pu_options": {
-            "prior": prior,
+            "prior": pu_prior(cfg, stage) if loss == "nnpu" else sparse.PU.PRIOR,
             "mode": sparse.PU.MODE,
             "nonnegative": sparse.PU.NONNEGATIVE,
             "beta": sparse.PU.BETA,
             "gamma": sparse.PU.GAMMA,
+            "prior_mode": sparse.PU.PRIOR_MODE,
+            "surrogate": sparse.PU.SURROGATE,
         },
         "focal_options": {"alpha": sparse.FOCAL.ALPHA, "gamma": sparse.FOCAL.GAMMA},
         "bde_options": {
