@@ -174,6 +174,17 @@ def test_eval_only_through_the_evaluators_hand_checked(tmp_path, dataset_name):
     precisions = [3 / 5] * 3 + [2 / 4] * 2 + [2 / 3] * 2 + [1.0] * 3
     assert sparse["average_recall"] == pytest.approx(np.mean(recalls))
     assert sparse["average_precision"] == pytest.approx(np.mean(precisions))
+    # F1 curve 0.05..0.95: up to 0.30 dup_a is one more FP (3, 3, 3) -> 1/2; 0.35..0.60 6/11;
+    # 0.65-0.70 (2, 2, 4) -> 4/10; 0.75-0.80 (2, 1, 4) -> 4/9; 0.85-0.90 (2, 0, 4) -> 4/8;
+    # 0.95 (1, 0, 5) -> 2/7. Best: 6/11, first reached at 0.35.
+    assert sparse["f1@0.3"] == pytest.approx(1 / 2)
+    assert sparse["f1@0.35"] == pytest.approx(6 / 11) == sparse["f1@0.5"]
+    assert sparse["f1@0.7"] == pytest.approx(4 / 10)
+    assert sparse["f1@0.8"] == pytest.approx(4 / 9)
+    assert sparse["f1@0.9"] == pytest.approx(4 / 8)
+    assert sparse["f1@0.95"] == pytest.approx(2 / 7)
+    assert sparse["best_f1_threshold"] == 0.35 and sparse["best_f1"] == pytest.approx(6 / 11)
+    assert sum(k.startswith("f1@") for k in sparse) == 19
     # lymphocyte: Rec = 3/4 (A, B, C of A, B, E, C); Rec(other) = 1/2 (D of D, F)
     assert sparse["exclusive_recall/lymphocyte"] == pytest.approx(0.75 * (1 - 0.5))
     assert sparse["exclusive_recall/other"] == 0.0
@@ -198,6 +209,10 @@ def test_bad_test_sparse_thresholds_fail_when_the_evaluators_are_built():
     cfg = load_sparse_config(TINY)
     cfg.TEST.SPARSE.SCORE_THRESHOLDS = []
     with pytest.raises(ValueError, match="SCORE_THRESHOLDS = \\[\\]: must be a non-empty list"):
+        build_sparse_evaluators(cfg, "not_registered")
+    cfg = load_sparse_config(TINY)
+    cfg.TEST.SPARSE.F1_THRESHOLDS = [0.2, -0.1]
+    with pytest.raises(ValueError, match=r"F1_THRESHOLDS\[1\] = -0.1: must be in \[0, 1\]"):
         build_sparse_evaluators(cfg, "not_registered")
 
 

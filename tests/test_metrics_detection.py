@@ -9,14 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_ext.metrics.detection import (
+    DEFAULT_F1_THRESHOLDS,
     DEFAULT_SCORE_THRESHOLDS,
     DetectionCounts,
     average_recall_precision,
+    best_f1_threshold,
     box_iou,
     count_detections,
     detection_f1,
     exclusive_recall,
     exclusive_recall_per_class,
+    f1_curve,
     match_boxes,
 )
 
@@ -125,6 +128,31 @@ def test_average_recall_precision_hand_computed():
     assert len(DEFAULT_SCORE_THRESHOLDS) == 10
     with pytest.raises(ValueError, match="empty"):
         average_recall_precision(preds, gts, score_thresholds=[])
+
+
+def test_f1_curve_and_best_threshold_hand_computed():
+    """Two objects; predictions: a hit at 0.3, a false positive at 0.4, a hit at 0.9. At 0.5 the
+    F1 is 2/3 (one hit, one miss), at 0.35 1/2 (and a false positive), at 0.2 4/5."""
+    gts = [{"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]]}, {"boxes": np.zeros((0, 4))}]
+    preds = [
+        {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "scores": [0.9, 0.3]},
+        {"boxes": [[5, 5, 9, 9]], "scores": [0.4]},
+    ]
+    curve = f1_curve(preds, gts, score_thresholds=[0.5, 0.2, 0.35, 0.95])
+    assert list(curve) == [0.2, 0.35, 0.5, 0.95]
+    assert curve[0.2]["f1"] == pytest.approx(4 / 5)  # tp 2, fp 1, fn 0
+    assert curve[0.35]["f1"] == pytest.approx(2 / 4)  # tp 1, fp 1, fn 1
+    assert curve[0.5]["f1"] == pytest.approx(2 / 3)  # tp 1, fp 0, fn 1
+    assert curve[0.95]["f1"] == 0.0
+    assert best_f1_threshold(curve) == (0.2, pytest.approx(0.8))
+    # ties go to the lowest threshold
+    assert best_f1_threshold({0.6: {"f1": 0.5}, 0.3: {"f1": 0.5}, 0.9: {"f1": 0.1}})[0] == 0.3
+    assert DEFAULT_F1_THRESHOLDS[0] == 0.05 and DEFAULT_F1_THRESHOLDS[-1] == 0.95
+    assert len(DEFAULT_F1_THRESHOLDS) == 19
+    with pytest.raises(ValueError, match="empty"):
+        f1_curve(preds, gts, score_thresholds=[])
+    with pytest.raises(ValueError, match="empty"):
+        best_f1_threshold({})
 
 
 def test_exclusive_recall_formula_and_per_class():

@@ -108,6 +108,8 @@ def add_sparse_config(cfg: CN) -> None:
     _C.TEST.SPARSE.IOU_THRESH = 0.5
     _C.TEST.SPARSE.SCORE_THRESH = 0.5
     _C.TEST.SPARSE.SCORE_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(10)]
+    # the F1 curve (f1@t, best_f1, best_f1_threshold): F1 at a threshold chosen on validation
+    _C.TEST.SPARSE.F1_THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
     _C.TEST.SPARSE.NMS_THRESH = 0.0
 
 
@@ -332,15 +334,15 @@ def validate_sparse_test_config(cfg: CN) -> None:
     errors: List[str] = []
     _check_number(errors, "TEST.SPARSE.IOU_THRESH", test.IOU_THRESH, 0.0, 1.0, lo_open=True)
     _check_number(errors, "TEST.SPARSE.SCORE_THRESH", test.SCORE_THRESH, 0.0, 1.0)
-    thresholds = test.SCORE_THRESHOLDS
-    if isinstance(thresholds, (list, tuple)) and len(thresholds):
-        for i, t in enumerate(thresholds):
-            _check_number(errors, f"TEST.SPARSE.SCORE_THRESHOLDS[{i}]", t, 0.0, 1.0)
-    else:
-        errors.append(
-            f"TEST.SPARSE.SCORE_THRESHOLDS = {thresholds!r}: must be a non-empty list of numbers "
-            "in [0, 1]"
-        )
+    for key in ("SCORE_THRESHOLDS", "F1_THRESHOLDS"):
+        thresholds = test[key]
+        if isinstance(thresholds, (list, tuple)) and len(thresholds):
+            for i, t in enumerate(thresholds):
+                _check_number(errors, f"TEST.SPARSE.{key}[{i}]", t, 0.0, 1.0)
+        else:
+            errors.append(
+                f"TEST.SPARSE.{key} = {thresholds!r}: must be a non-empty list of numbers in [0, 1]"
+            )
     _check_number(
         errors, "TEST.SPARSE.NMS_THRESH", test.NMS_THRESH, 0.0, 1.0, what="0: no extra NMS"
     )

@@ -19,13 +19,26 @@ from detectron2.utils.file_io import PathManager
 
 from sparse_ext.detectron2.config import validate_sparse_test_config
 from sparse_ext.metrics.detection import (
+    DEFAULT_F1_THRESHOLDS,
     DEFAULT_SCORE_THRESHOLDS,
     average_recall_precision,
+    best_f1_threshold,
     detection_f1,
     exclusive_recall_per_class,
+    f1_curve,
 )
 
-__all__ = ["SparseDetectionEvaluator", "build_sparse_evaluators", "has_compiled_ops"]
+__all__ = [
+    "SparseDetectionEvaluator",
+    "build_sparse_evaluators",
+    "f1_key",
+    "has_compiled_ops",
+]
+
+
+def f1_key(threshold: float) -> str:
+    """The result key of the F1 at a score threshold: ``"f1@0.35"``."""
+    return f"f1@{float(threshold):g}"
 
 
 def has_compiled_ops() -> bool:
@@ -46,6 +59,9 @@ class SparseDetectionEvaluator(DatasetEvaluator):
 
     - ``f1``, ``precision``, ``recall``, ``tp``, ``fp``, ``fn`` at ``score_threshold``;
     - ``average_recall``, ``average_precision`` over ``score_thresholds`` (Zhao, Pang et al.);
+    - the F1 curve ``f1@<t>`` (:func:`f1_key`) at each of ``f1_thresholds``, its maximum
+      ``best_f1`` and ``best_f1_threshold``: choose the threshold on a validation split, read the
+      test split's ``f1@<t>`` there (F1 at the validation-chosen threshold);
     - ``exclusive_recall/<class>`` and their mean ``exclusive_recall`` when more than one class is
       annotated (Panteli et al.: Rec(y) * (1 - Rec(not y))).
 
@@ -60,6 +76,7 @@ class SparseDetectionEvaluator(DatasetEvaluator):
         iou_threshold: float = 0.5,
         score_threshold: float = 0.5,
         score_thresholds: Sequence[float] = DEFAULT_SCORE_THRESHOLDS,
+        f1_thresholds: Sequence[float] = DEFAULT_F1_THRESHOLDS,
         nms_threshold: Optional[float] = None,
         distributed: bool = True,
         output_dir: Optional[str] = None,
@@ -72,6 +89,7 @@ class SparseDetectionEvaluator(DatasetEvaluator):
         self._iou_threshold = iou_threshold
         self._score_threshold = score_threshold
         self._score_thresholds = tuple(score_thresholds)
+        self._f1_thresholds = tuple(f1_thresholds)
         self._nms_threshold = nms_threshold
         self._distributed = distributed
         self._output_dir = output_dir
@@ -147,6 +165,14 @@ class SparseDetectionEvaluator(DatasetEvaluator):
                 iou_threshold=self._iou_threshold,
             )
         )
+        curve = f1_curve(
+            predictions,
+            gts,
+            score_thresholds=self._f1_thresholds,
+            iou_threshold=self._iou_threshold,
+        )
+        res.update({f1_key(t): values["f1"] for t, values in curve.items()})
+        res["best_f1_threshold"], res["best_f1"] = best_f1_threshold(curve)
         excl = exclusive_recall_per_class(
             predictions,
             gts,
@@ -193,6 +219,7 @@ def build_sparse_evaluators(
                 iou_threshold=sparse.IOU_THRESH,
                 score_threshold=sparse.SCORE_THRESH,
                 score_thresholds=tuple(sparse.SCORE_THRESHOLDS),
+                f1_thresholds=tuple(sparse.F1_THRESHOLDS),
                 nms_threshold=sparse.NMS_THRESH if sparse.NMS_THRESH > 0 else None,
                 output_dir=output_folder,
             ),

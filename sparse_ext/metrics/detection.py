@@ -5,6 +5,9 @@
   the threshold, each annotation matched at most once).
 - Average recall and precision over a range of score thresholds (Zhao, Pang et al., MICCAI 2021,
   Tables 1-2, predictions kept when their confidence is above a threshold, 0.5 in the paper).
+- The F1 curve over score thresholds and its best threshold, for F1 at a threshold chosen on a
+  validation split and applied to the test split (the calibration-free comparison of issue 12: a
+  loss that only moves scores across 0.5 does not change it).
 - Exclusive recall Rec_exc(y) = Rec(y) * (1 - Rec(not y)) (Panteli et al., ICCV 2021, Sec. 4), for
   datasets where annotations of other, look-alike classes exist.
 
@@ -23,20 +26,27 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "DEFAULT_F1_THRESHOLDS",
     "DEFAULT_SCORE_THRESHOLDS",
     "DetectionCounts",
     "average_recall_precision",
+    "best_f1_threshold",
     "box_iou",
     "count_detections",
     "detection_f1",
     "exclusive_recall",
     "exclusive_recall_per_class",
+    "f1_curve",
     "match_boxes",
 ]
 
 #: Score thresholds averaged over by :func:`average_recall_precision`: 0.50, 0.55, ..., 0.95
 #: (Zhao, Pang et al. keep predictions above 0.5; we average from there up).
 DEFAULT_SCORE_THRESHOLDS: Tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
+
+#: Score thresholds of :func:`f1_curve`: 0.05, 0.10, ..., 0.95 (Detectron2 outputs no detection
+#: below its ROI_HEADS.SCORE_THRESH_TEST, 0.05 by default).
+DEFAULT_F1_THRESHOLDS: Tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
 def _as_array(x: Any, dtype=np.float64) -> np.ndarray:
@@ -254,6 +264,33 @@ def average_recall_precision(
         "average_recall": float(np.mean(recalls)),
         "average_precision": float(np.mean(precisions)),
     }
+
+
+def f1_curve(
+    preds: Sequence[Mapping[str, Any]],
+    gts: Sequence[Mapping[str, Any]],
+    *,
+    score_thresholds: Sequence[float] = DEFAULT_F1_THRESHOLDS,
+    iou_threshold: float = 0.5,
+) -> Dict[float, Dict[str, float]]:
+    """:func:`detection_f1` at each score threshold: ``{threshold: {"f1", "precision", ...}}``,
+    thresholds in increasing order."""
+    thresholds = sorted({float(t) for t in np.asarray(score_thresholds, dtype=np.float64).ravel()})
+    if not thresholds:
+        raise ValueError("score_thresholds is empty")
+    return {
+        t: detection_f1(preds, gts, iou_threshold=iou_threshold, score_threshold=t)
+        for t in thresholds
+    }
+
+
+def best_f1_threshold(curve: Mapping[float, Mapping[str, float]]) -> Tuple[float, float]:
+    """``(threshold, F1)`` with the highest F1 of a :func:`f1_curve`; ties go to the lowest
+    threshold. Choose it on a validation split, then read the test split's curve there."""
+    if not curve:
+        raise ValueError("the F1 curve is empty")
+    best = max(curve.items(), key=lambda item: (item[1]["f1"], -item[0]))
+    return float(best[0]), float(best[1]["f1"])
 
 
 def exclusive_recall(recall: float, recall_other: float) -> float:
