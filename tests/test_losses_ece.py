@@ -473,3 +473,64 @@ def test_loss_demo_runs(capsys):
     assert values["ECE, rho = 0.5"] < sparse_ce
     assert values["ECE, rho = 1"] == pytest.approx(sparse_ce)
     assert values["excluded unannotated object pixels (rho 0.5)"] > 0.5
+
+
+# -- the annotated fraction f sets the keep probability (background_keep_prob) ----------------------
+
+
+@pytest.mark.parametrize(
+    "f, expected",
+    [(0.1, 0.25 * 0.1 / 0.9), (0.3, 0.25 * 0.3 / 0.7), (0.5, 0.25), (0.9, 1.0), (1.0, 1.0)],
+)
+def test_background_keep_prob_hand_values(f, expected):
+    from sparse_ext.losses import background_keep_prob
+
+    assert background_keep_prob(f) == pytest.approx(expected)
+
+
+def test_background_keep_prob_puts_the_optimum_of_an_object_element_at_one_over_one_plus_c():
+    """Expected loss of one true object element: annotated with probability f (-log p), else
+    tentative background kept with probability s (-log(1 - p)); its minimiser is 1 / (1 + c)."""
+    from sparse_ext.losses import background_keep_prob
+
+    p = torch.linspace(1e-4, 1 - 1e-4, 100001, dtype=torch.float64)
+    for f in (0.1, 0.3, 0.5):
+        s = background_keep_prob(f, margin=0.25)
+        expected_loss = -f * torch.log(p) - (1 - f) * s * torch.log1p(-p)
+        assert float(p[expected_loss.argmin()]) == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_annotated_fraction_out_of_range_is_named(bad):
+    from sparse_ext.losses import background_keep_prob
+
+    with pytest.raises(ValueError, match=r"annotated_fraction must be in \(0, 1\]"):
+        background_keep_prob(bad)
+    with pytest.raises(ValueError, match="annotated_fraction"):
+        ExclusiveCrossEntropy(annotated_fraction=bad)
+
+
+def test_annotated_fraction_sets_the_sampling_of_the_function_and_the_module():
+    from sparse_ext.losses import background_keep_prob
+
+    logits = torch.randn(2, 2, 16, 16)
+    target = (torch.rand(2, 16, 16) < 0.2).long()
+    torch.manual_seed(3)
+    by_fraction = exclusive_cross_entropy(logits, target, rho=0.5, annotated_fraction=0.3)
+    torch.manual_seed(3)
+    by_prob = exclusive_cross_entropy(
+        logits, target, rho=0.5, sample_prob=background_keep_prob(0.3)
+    )
+    torch.manual_seed(3)
+    unsampled = exclusive_cross_entropy(logits, target, rho=0.5)
+    assert torch.equal(by_fraction, by_prob) and not torch.equal(by_fraction, unsampled)
+
+    module = ExclusiveCrossEntropy(0.5)
+    assert module.sample_prob == 1.0 and module.annotated_fraction is None  # as published
+    module.set_annotated_fraction(0.3)
+    assert module.sample_prob == pytest.approx(0.25 * 0.3 / 0.7)
+    torch.manual_seed(3)
+    assert torch.equal(module(logits, target), by_fraction)
+    explicit = ExclusiveCrossEntropy(0.5, sampling_schedule=1.0, annotated_fraction=0.3)
+    assert explicit.sample_prob == 1.0  # an explicit sampling schedule wins
+    assert ExclusiveCrossEntropy(0.5, annotated_fraction=1.0).sample_prob == 1.0

@@ -9,6 +9,7 @@ Every loss has a functional form and an ``nn.Module`` form; modules that anneal 
 from sparse_ext.losses.box_density import bde_weights
 from sparse_ext.losses.exclusive_cross_entropy import (
     ExclusiveCrossEntropy,
+    background_keep_prob,
     exclusive_cross_entropy,
 )
 from sparse_ext.losses.label_super_resolution import (
@@ -29,7 +30,7 @@ from sparse_ext.losses.maxmin_objective import (
     maxmin_objective,
     wildcat_pool,
 )
-from sparse_ext.losses.nnpu import NonNegativePULoss, nnpu_loss
+from sparse_ext.losses.nnpu import NonNegativePULoss, nnpu_loss, unlabeled_prior
 from sparse_ext.losses.schedules import (
     ConstantSchedule,
     EpochSigmoidSchedule,
@@ -46,6 +47,7 @@ __all__ = [
     "LinearSchedule",
     "RampSigmoidSchedule",
     "SigmoidSchedule",
+    "background_keep_prob",
     "build_schedule",
     "exclusive_cross_entropy",
     "LabelSuperResolutionLoss",
@@ -59,6 +61,7 @@ __all__ = [
     "lsr_loss",
     "maxmin_objective",
     "nnpu_loss",
+    "unlabeled_prior",
     "size_barrier",
     "soft_mask",
     "uncertainty_regularizer",

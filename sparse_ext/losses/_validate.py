@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 
 __all__ = [
     "check_choice",
+    "check_fraction",
     "check_finite",
     "check_nonnegative",
     "check_open_unit",
@@ -78,6 +79,11 @@ def check_unit(name: str, value: Any) -> float:
 def check_open_unit(name: str, value: Any) -> float:
     """A number in (0, 1)."""
     return check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A share of the objects in (0, 1] (an annotated fraction: none annotated is no data)."""
+    return check_range(name, value, 0.0, 1.0, low_open=True)
 
 
 def check_positive(name: str, value: Any) -> float:

@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from sparse_ext.losses._validate import (
     check_choice,
+    check_fraction,
     check_nonnegative,
     check_range,
     check_schedule,
@@ -32,6 +33,8 @@ from sparse_ext.losses.schedules import ConstantSchedule, _clamp01, build_schedu
 
 __all__ = [
     "CONFIDENCE_MODES",
+    "KEEP_MARGIN",
+    "background_keep_prob",
     "REDUCTIONS",
     "ExclusiveCrossEntropy",
     "exclusive_cross_entropy",
@@ -293,13 +296,17 @@ def _focal_terms(log_p0: Tensor, gamma: float) -> tuple[Tensor, float, Optional[
     return q.mul_(q_power).mul_(log_p0), -1.0, s_neg.mul_(q_power), -1.0
 
 
-def _keep_weights(log_p: Tensor, logits: Tensor, s: _Settings) -> Optional[Tensor]:
+def _keep_weights(
+    log_p: Tensor, logits: Tensor, s: _Settings, out: Optional[Tensor] = None
+) -> Optional[Tensor]:
     """1 where an unannotated element's term is kept (confidence test and sampling), else 0, in
-    the logits' dtype; None where every term is kept."""
+    the logits' dtype; None where every term is kept. ``out``: a free buffer shaped like
+    ``log_p[:, 0]`` to write into (fewer fresh pages: the allocations are a visible share)."""
     if s.confidence == "foreground" and 0.0 < s.rho < 1.0:
         # the paper's test written straight into a float mask (saves a bool -> float pass)
         log_p0 = log_p[:, 0]
-        keep = torch.gt(log_p0, math.log1p(-s.rho), out=torch.empty_like(log_p0))
+        out = torch.empty_like(log_p0) if out is None else out
+        keep = torch.gt(log_p0, math.log1p(-s.rho), out=out)
     else:
         mask = _confident_enough_to_keep(log_p, logits, s.rho, s.confidence)
         keep = None if mask is None else mask.to(log_p.dtype)
@@ -311,8 +318,9 @@ def _keep_weights(log_p: Tensor, logits: Tensor, s: _Settings) -> Optional[Tenso
 
 def _one_hot_by_comparison(
     log_p: Tensor, target: Tensor, ignore_index: int
-) -> tuple[Tensor, Tensor]:
-    """(one-hot of ``target`` in log_p's shape and dtype, number of non-ignored elements).
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(one-hot of ``target`` in log_p's shape and dtype, number of non-ignored elements, a
+    buffer shaped like ``target`` free for reuse).
 
     One comparison of the float target with each class (no scatter); rows of ignored elements
     are zero. Valid when ignore_index is not a class and is exact in floating point. Raises a
@@ -323,7 +331,7 @@ def _one_hot_by_comparison(
     one_hot = torch.empty_like(log_p)
     torch.eq(target_f.unsqueeze(1), _channels(log_p.shape, 0, num_classes, log_p), out=one_hot)
     if log_p.device.type != "cpu" or target.numel() >= 2**24:
-        return one_hot, _count_valid(log_p, target, ignore_index)
+        return one_hot, _count_valid(log_p, target, ignore_index), target_f
     # On the CPU a host check is free and nll_loss's count is a serial loop: two parallel
     # reductions instead (the float sum of 0/1 is exact below 2^24 elements).
     labelled = one_hot.sum()
@@ -332,7 +340,7 @@ def _one_hot_by_comparison(
         bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         values = torch.unique(target[bad]).tolist()[:10]
         raise _invalid_target(num_classes, ignore_index, f"got {values}")
-    return one_hot, labelled
+    return one_hot, labelled, target_f
 
 
 def _one_hot_general(
@@ -389,12 +397,13 @@ class _ExclusiveCrossEntropyFn(torch.autograd.Function):
         log_p0 = log_p[:, 0]
         # W: at each element's class, 1 (annotated) or phi' (kept unannotated); 0 elsewhere
         shared = annotated is None and not 0 <= ii < log_p.shape[1] and abs(ii) < 2**24
+        scratch = None
         if shared:  # annotated = target != 0: W's column 0 is the unannotated indicator
-            weights, count = _one_hot_by_comparison(log_p, target, ii)
+            weights, count, scratch = _one_hot_by_comparison(log_p, target, ii)
             unannotated = weights[:, 0]
         else:
             weights, unannotated, count = _one_hot_general(log_p, target, annotated, ii)
-        keep = _keep_weights(log_p, logits, s)
+        keep = _keep_weights(log_p, logits, s, out=scratch)
 
         if s.focal:
             kept = unannotated.clone() if keep is None else keep.mul_(unannotated)
@@ -448,6 +457,30 @@ class _ExclusiveCrossEntropyFn(torch.autograd.Function):
         return direction * grad, None, None, None
 
 
+#: The keep-probability margin c of :func:`background_keep_prob`.
+KEEP_MARGIN = 0.25
+
+
+def background_keep_prob(annotated_fraction: float, margin: float = KEEP_MARGIN) -> float:
+    """Probability s of keeping an unannotated term, from the annotated fraction f::
+
+        s = min(1, c * f / (1 - f))        (s = 1 for f = 1; c = ``margin``)
+
+    A true object element is annotated with probability f (target foreground, weight 1) and
+    unannotated with probability 1 - f (tentative background, kept with probability s), so the
+    cross-entropy optimum of its foreground probability is p* = f / (f + (1 - f) s) = 1 / (1 + c)
+    whatever f: 0.8 for c = 0.25, above ECE's rho = 0.5, so that the exclusion of Eq. 7 takes over
+    instead of the collapse to background that plain CE and ECE show at low fractions. With f
+    over-estimated twice (f' = 2f), p* = 1 / (1 + 2c (1 - f) / (1 - 2f)) stays above 0.5 for
+    f <= 0.3 at c = 0.25 (0.53 at f = 0.3, 0.64 at f = 0.1); under-estimated, s is smaller and
+    p* larger. The keep probability is the reference code's background sampling (Panteli et al.,
+    ICCV 2021), here matched to the fraction rather than scheduled.
+    """
+    f = check_fraction("annotated_fraction", annotated_fraction)
+    c = check_range("margin", margin, 0.0, None, low_open=True)
+    return 1.0 if f >= 1.0 else min(1.0, c * f / (1.0 - f))
+
+
 def exclusive_cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -458,7 +491,8 @@ def exclusive_cross_entropy(
     confidence: str = "foreground",
     focal_alpha: Optional[float] = None,
     focal_gamma: Optional[float] = None,
-    sample_prob: float = 1.0,
+    sample_prob: Optional[float] = None,
+    annotated_fraction: Optional[float] = None,
     ignore_index: int = 255,
     reduction: str = "mean",
 ) -> Tensor:
@@ -490,7 +524,10 @@ def exclusive_cross_entropy(
         focal_alpha, focal_gamma: focal reweighting of the unannotated terms (Eq. 8), alpha in
             [0, 1], gamma >= 0; on when either is given, a missing one defaults to alpha = 1,
             gamma = 0.
-        sample_prob: probability in [0, 1] of keeping each unannotated term.
+        sample_prob: probability in [0, 1] of keeping each unannotated term; None: 1, or
+            :func:`background_keep_prob` of ``annotated_fraction`` when that is given.
+        annotated_fraction: the share f in (0, 1] of the objects that carry a label; sets the
+            keep probability (:func:`background_keep_prob`) where ``sample_prob`` is None.
         ignore_index: target value of elements left out entirely.
         reduction: "mean" (sum over the number of non-ignored elements, so ``rho=1`` equals
             ``F.cross_entropy(..., ignore_index=...)``; 0 when all are ignored), "sum" or
@@ -505,6 +542,10 @@ def exclusive_cross_entropy(
             outside the classes, unknown confidence or reduction, a setting outside its range
             (the message names it).
     """
+    if sample_prob is None:
+        sample_prob = (
+            1.0 if annotated_fraction is None else background_keep_prob(annotated_fraction)
+        )
     s = _check_settings(
         rho, confidence, focal_alpha, focal_gamma, sample_prob, ignore_index, reduction
     )
@@ -544,7 +585,10 @@ class ExclusiveCrossEntropy(nn.Module):
             0.5. Its values must lie in rho's range (see :func:`exclusive_cross_entropy`),
             checked here on its start/end and on a grid of progress values.
         sampling_schedule: probability in [0, 1] of keeping an unannotated term over training
-            progress (e.g. "reference_sampling"); None keeps all.
+            progress (e.g. "reference_sampling"); None keeps all, or, once an annotated fraction
+            is known, :func:`background_keep_prob` of it.
+        annotated_fraction: the share f in (0, 1] of the objects that carry a label (also
+            :meth:`set_annotated_fraction`); used only where ``sampling_schedule`` is None.
         use_sigmoid, confidence, focal_alpha, focal_gamma, ignore_index, reduction: as in
             :func:`exclusive_cross_entropy`.
     """
@@ -558,10 +602,14 @@ class ExclusiveCrossEntropy(nn.Module):
         confidence: str = "foreground",
         focal_alpha: Optional[float] = None,
         focal_gamma: Optional[float] = None,
+        annotated_fraction: Optional[float] = None,
         ignore_index: int = 255,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
+        self.annotated_fraction: Optional[float] = None
+        if annotated_fraction is not None:
+            self.set_annotated_fraction(annotated_fraction)
         check_choice("confidence", confidence, CONFIDENCE_MODES)
         check_choice("reduction", reduction, REDUCTIONS)
         check_focal(focal_alpha, focal_gamma)
@@ -583,6 +631,10 @@ class ExclusiveCrossEntropy(nn.Module):
         """Set the fraction of training done (clamped to [0, 1])."""
         self.progress = _clamp01(p)
 
+    def set_annotated_fraction(self, annotated_fraction: float) -> None:
+        """Set the share f in (0, 1] of the objects that carry a label."""
+        self.annotated_fraction = check_fraction("annotated_fraction", annotated_fraction)
+
     @property
     def rho(self) -> float:
         """The exclusivity threshold at the current progress."""
@@ -591,9 +643,11 @@ class ExclusiveCrossEntropy(nn.Module):
     @property
     def sample_prob(self) -> float:
         """The probability of keeping an unannotated term at the current progress."""
-        if self.sampling_schedule is None:
-            return 1.0
-        return float(self.sampling_schedule(self.progress))
+        if self.sampling_schedule is not None:
+            return float(self.sampling_schedule(self.progress))
+        if self.annotated_fraction is not None:
+            return background_keep_prob(self.annotated_fraction)
+        return 1.0
 
     def forward(
         self,
@@ -623,6 +677,8 @@ class ExclusiveCrossEntropy(nn.Module):
         parts = [f"schedule={self.schedule!r}"]
         if self.sampling_schedule is not None:
             parts.append(f"sampling_schedule={self.sampling_schedule!r}")
+        elif self.annotated_fraction is not None:
+            parts.append(f"annotated_fraction={self.annotated_fraction:g}")
         parts.append(f"confidence={self.confidence!r}")
         if self.use_sigmoid:
             parts.append("use_sigmoid=True")
