@@ -5,6 +5,7 @@ under CI (the CI environment variable set), where that is a failure.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -409,3 +410,66 @@ def test_det_benchmark_end_to_end(tmp_path, monkeypatch):
     lines = []
     run_benchmark(str(tmp_path / "data"), "det", log=lines.append, **kwargs)
     assert sum("done before" in line for line in lines) == 2, lines
+
+
+def test_det_benchmark_evaluates_val_and_reads_f1_at_the_val_threshold(tmp_path):
+    """With annotations/val.json and images/val the run evaluates val and test; the test F1 at
+    the score threshold best on val is read from the prefixed metrics Detectron2 writes."""
+    from sparse_ext.benchmark import det
+    from sparse_ext.benchmark.context import RunContext
+    from sparse_ext.benchmark.specs import LOSSES, profile_for
+
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "test", "val"):
+        (root / "images" / split).mkdir(parents=True)
+    for name in ("train_frac030.json", "test.json", "val.json"):
+        (root / "annotations" / name).write_text("{}")
+    ctx = RunContext(
+        task="det",
+        spec=LOSSES["det"]["nnpu_sampled"],
+        fraction=30,
+        seed=0,
+        iters=5,
+        mode="quick",
+        profile=profile_for("det", True),
+        data_root=str(root),
+        work_dir=str(tmp_path / "work"),
+    )
+    cmd = det.build_command(ctx, "python")
+    i = cmd.index("bench_val")
+    assert cmd[i - 1 : i + 3] == [
+        "--register-coco",
+        "bench_val",
+        str(root / "annotations" / "val.json"),
+        str(root / "images" / "val"),
+    ]
+    assert cmd[cmd.index("DATASETS.TEST") + 1] == "('bench_val', 'bench_test')"
+    assert cmd[cmd.index("MODEL.SPARSE.PU.PRIOR_MODE") + 1] == "sampled"
+    (root / "annotations" / "val.json").unlink()
+    cmd = det.build_command(ctx, "python")
+    assert "bench_val" not in cmd and cmd[cmd.index("DATASETS.TEST") + 1] == "('bench_test',)"
+
+    metrics_json = tmp_path / "metrics.json"
+    records = [
+        {"iteration": 4, "time": 0.5, "total_loss": 1.0},
+        {
+            "iteration": 4,
+            "bench_test/bbox/AP": 30.0,
+            "bench_test/sparse/f1": 0.5,
+            "bench_test/sparse/f1@0.3": 0.62,
+            "bench_val/sparse/best_f1_threshold": 0.3,
+            "bench_val/sparse/f1": 0.1,
+        },
+    ]
+    metrics_json.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    metrics = det._last_eval(str(metrics_json))
+    test = det._dataset_metrics(metrics, "bench_test")
+    val = det._dataset_metrics(metrics, "bench_val")
+    assert test["sparse/f1"] == 0.5 and test["bbox/AP"] == 30.0 and val["sparse/f1"] == 0.1
+    assert det._f1_at_val_threshold(test, val) == (0.3, 0.62)
+    # one evaluated dataset: unprefixed keys, and no validation threshold
+    single = {"bbox/AP": 20.0, "sparse/f1": 0.4, "_time": 0.5}
+    assert det._dataset_metrics(single, "bench_test") == {"bbox/AP": 20.0, "sparse/f1": 0.4}
+    threshold, f1 = det._f1_at_val_threshold(single, {})
+    assert math.isnan(threshold) and math.isnan(f1)

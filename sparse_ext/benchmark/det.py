@@ -7,7 +7,11 @@ writes: ``metrics.json`` (COCOEvaluator AP and SparseDetectionEvaluator F1/preci
 evaluated on the test split after the last iteration) and per-iteration times. The training set
 is the COCO file of the annotation fraction from ``sparse-ext data fetch``
 (``annotations/*frac{NNN}*.json``, or the exhaustive train file at 100 %); the test set is the
-exhaustive test file.
+exhaustive test file. When the dataset has a validation split (``annotations/val.json`` and
+``images/val``) it is evaluated too: the score threshold with the best validation F1
+(``sparse/best_f1_threshold``) picks the test F1 reported as ``f1_valthr`` (F1 at the
+validation-chosen threshold); every metric of a run is also written to ``run_summary.json`` in
+its work folder.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import glob
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from sparse_ext.benchmark.context import RunContext, SetupError
 from sparse_ext.benchmark.specs import REPO_ROOT
@@ -30,6 +35,7 @@ __all__ = [
     "check_environment",
     "detectron2_python",
     "find_coco",
+    "find_val_split",
     "run",
 ]
 
@@ -95,6 +101,22 @@ def find_coco(data_root: str, split: str, fraction: int = 100) -> str:
     )
 
 
+def find_val_split(data_root: str) -> Optional[Tuple[str, str]]:
+    """``(COCO file, image folder)`` of the dataset's validation split, or None without one."""
+    try:
+        val_json = find_coco(data_root, "val", 100)
+    except FileNotFoundError:
+        return None
+    images = os.path.join(data_root, "images", "val")
+    return (val_json, images) if os.path.isdir(images) else None
+
+
+def _is_eval_key(key: str) -> bool:
+    # "bbox/AP" with one test dataset, "bench_test/bbox/AP" with several (Detectron2 prefixes
+    # each dataset's results with its name)
+    return key.startswith(("bbox/", "sparse/")) or "/bbox/" in key or "/sparse/" in key
+
+
 def _last_eval(metrics_json: str) -> Dict[str, float]:
     out: Dict[str, float] = {}
     times: List[float] = []
@@ -106,11 +128,27 @@ def _last_eval(metrics_json: str) -> Dict[str, float]:
             rec = json.loads(line)
             if "time" in rec:
                 times.append(float(rec["time"]))
-            if any(k.startswith(("bbox/", "sparse/")) for k in rec):
+            if any(_is_eval_key(k) for k in rec):
                 out = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float))}
     if times:
         out["_time"] = sum(times) / len(times)
     return out
+
+
+def _dataset_metrics(metrics: Dict[str, float], name: str) -> Dict[str, float]:
+    """The metrics of one evaluated dataset, without its ``name/`` prefix (unprefixed ones when
+    only one dataset was evaluated)."""
+    prefix = f"{name}/"
+    mine = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return mine or {k: v for k, v in metrics.items() if k.startswith(("bbox/", "sparse/"))}
+
+
+def _f1_at_val_threshold(test: Dict[str, float], val: Dict[str, float]) -> Tuple[float, float]:
+    """(validation's best threshold, the test F1 there); NaNs without a validation result."""
+    threshold = val.get("sparse/best_f1_threshold", float("nan"))
+    if math.isnan(threshold):
+        return threshold, float("nan")
+    return threshold, test.get(f"sparse/f1@{threshold:g}", float("nan"))
 
 
 def _pick(metrics: Dict[str, float], *names: str) -> float:
@@ -126,9 +164,10 @@ def build_command(ctx: RunContext, python: str) -> List[str]:
     and the loss's options."""
     train_json = find_coco(ctx.data_root, "train", ctx.fraction)
     test_json = find_coco(ctx.data_root, "test", 100)
+    val = find_val_split(ctx.data_root)
     opts = [
         "DATASETS.TRAIN", "('bench_train',)",
-        "DATASETS.TEST", "('bench_test',)",
+        "DATASETS.TEST", "('bench_val', 'bench_test')" if val else "('bench_test',)",
         "SOLVER.MAX_ITER", str(ctx.iters),
         "SEED", str(ctx.seed),
         "OUTPUT_DIR", ctx.work_dir,
@@ -145,12 +184,14 @@ def build_command(ctx: RunContext, python: str) -> List[str]:
     for key, value in {**ctx.profile.get("opts", {}), **overrides}.items():
         opts += [key, str(value)]
     images = os.path.join(ctx.data_root, "images")
+    register_val = ["--register-coco", "bench_val", *val] if val else []
     return [
         python,
         os.path.join(REPO_ROOT, "tools", "train_net.py"),
         "--config-file", config,
         "--register-coco", "bench_train", train_json, os.path.join(images, "train"),
         "--register-coco", "bench_test", test_json, os.path.join(images, "test"),
+        *register_val,
         *opts,
     ]  # fmt: skip
 
@@ -172,12 +213,22 @@ def run(ctx: RunContext) -> Dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"train_net.py exited with {proc.returncode}; see {work_dir}/stdout.log")
     metrics = _last_eval(metrics_json)
-    return dict(
+    test = _dataset_metrics(metrics, "bench_test")
+    threshold, f1_valthr = _f1_at_val_threshold(test, _dataset_metrics(metrics, "bench_val"))
+    result = dict(
         seconds=seconds,
         sec_per_iter=metrics.get("_time", seconds / max(ctx.iters, 1)),
-        f1=_pick(metrics, "sparse/f1", "sparse/F1"),
-        precision=_pick(metrics, "sparse/precision"),
-        recall=_pick(metrics, "sparse/recall"),
-        ap=_pick(metrics, "bbox/AP") / 100.0,
-        ap50=_pick(metrics, "bbox/AP50") / 100.0,
+        f1=_pick(test, "sparse/f1", "sparse/F1"),
+        precision=_pick(test, "sparse/precision"),
+        recall=_pick(test, "sparse/recall"),
+        ap=_pick(test, "bbox/AP") / 100.0,
+        ap50=_pick(test, "bbox/AP50") / 100.0,
+        f1_valthr=f1_valthr,
+        val_threshold=threshold,
+        average_recall=_pick(test, "sparse/average_recall"),
+        average_precision=_pick(test, "sparse/average_precision"),
+        best_f1=_pick(test, "sparse/best_f1"),
     )
+    with open(os.path.join(work_dir, "run_summary.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
