@@ -87,13 +87,16 @@ class ExclusiveCrossEntropyLoss(nn.Module):
     Args:
         schedule: rho, or its schedule over training progress (anything
             ``sparse_ext.losses.schedules.build_schedule`` accepts: a number, a name such as
-            "constant" or "paper_table2", a dict like ``dict(type="sigmoid", ...)``).
-        sampling_schedule: probability of keeping an unannotated term (the reference code's
-            background sampling), a schedule like ``schedule``; None keeps all.
+            "constant" or "paper_table2", a dict like ``dict(type="sigmoid", ...)``); its
+            values must lie in [0, 1] (>= 0, logit units, with "logit_margin").
+        sampling_schedule: probability in [0, 1] of keeping an unannotated term (the reference
+            code's background sampling), a schedule like ``schedule``; None keeps all.
         use_sigmoid: binary head with one output channel (``out_channels=1``).
         confidence: "foreground" (paper), "margin" or "logit_margin" (reference code).
-        focal_alpha, focal_gamma: focal re-weighting of the unannotated terms (Eq. 8).
-        loss_weight: weight of the loss.
+        focal_alpha, focal_gamma: focal re-weighting of the unannotated terms (Eq. 8), alpha
+            in [0, 1], gamma >= 0.
+        loss_weight: weight of the loss, >= 0. Settings out of range raise a ValueError naming
+            them when the model is built.
         loss_name: name of the loss item (``loss_`` prefix).
     """
 
