@@ -3,6 +3,7 @@ clear errors, and every config's model trained for real steps on CPU."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,36 +78,44 @@ def _grad(loss, x):
 
 def test_ece_module_equals_core_function():
     logits, label = _sparse_batch()
-    module = ExclusiveCrossEntropyLoss(schedule=0.5, loss_weight=2.0)
+    module = ExclusiveCrossEntropyLoss(schedule=0.5, loss_weight=2.0, sampling_schedule=1.0)
     assert module.loss_name == "loss_ece"
     got = module(logits, label, weight=None, ignore_index=255)
     want = 2.0 * exclusive_cross_entropy(logits, label, rho=0.5, ignore_index=255)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(_grad(got, logits), _grad(want, logits))
     # by config, as MMSeg builds it
-    built = MODELS.build(dict(type="ExclusiveCrossEntropyLoss", schedule=0.5, loss_weight=2.0))
+    built = MODELS.build(
+        dict(type="ExclusiveCrossEntropyLoss", schedule=0.5, loss_weight=2.0, sampling_schedule=1.0)
+    )
     torch.testing.assert_close(built(logits, label), want)
 
 
 def test_ece_focal_and_confidence_options_reach_the_core():
     logits, label = _sparse_batch(seed=1)
     kw = dict(confidence="margin", focal_alpha=0.5, focal_gamma=2.0)
-    got = ExclusiveCrossEntropyLoss(schedule=0.8, **kw)(logits, label)
+    got = ExclusiveCrossEntropyLoss(schedule=0.8, **kw, sampling_schedule=1.0)(logits, label)
     want = exclusive_cross_entropy(logits, label, rho=0.8, **kw)
     torch.testing.assert_close(got, want)
-    assert not torch.allclose(got, ExclusiveCrossEntropyLoss(schedule=0.8)(logits, label))
+    assert not torch.allclose(
+        got, ExclusiveCrossEntropyLoss(schedule=0.8, sampling_schedule=1.0)(logits, label)
+    )
 
 
 def test_ece_rho_one_equals_mmseg_cross_entropy():
     logits, label = _sparse_batch(seed=2)
-    ece = ExclusiveCrossEntropyLoss(schedule=1.0)(logits, label, ignore_index=255)
+    ece = ExclusiveCrossEntropyLoss(schedule=1.0, sampling_schedule=1.0)(
+        logits, label, ignore_index=255
+    )
     ce = CrossEntropyLoss(avg_non_ignore=True)(logits, label, ignore_index=255)
     torch.testing.assert_close(ece, ce)
 
 
 def test_ece_schedule_follows_set_progress():
     logits, label = _sparse_batch(seed=3)
-    module = ExclusiveCrossEntropyLoss(schedule=dict(type="linear", start=0.2, end=1.0))
+    module = ExclusiveCrossEntropyLoss(
+        schedule=dict(type="linear", start=0.2, end=1.0), sampling_schedule=1.0
+    )
     module.set_progress(0.0)
     at0 = module(logits, label)
     module.set_progress(1.0)
@@ -119,11 +128,11 @@ def test_ece_schedule_follows_set_progress():
 def test_ece_sigmoid_head_and_pixel_weights():
     logits, label = _sparse_batch(c=2, seed=4)
     one = logits[:, 1:].detach().requires_grad_()
-    got = ExclusiveCrossEntropyLoss(use_sigmoid=True)(one, label)
+    got = ExclusiveCrossEntropyLoss(use_sigmoid=True, sampling_schedule=1.0)(one, label)
     want = exclusive_cross_entropy(one, label, rho=0.5, use_sigmoid=True)
     torch.testing.assert_close(got, want)
     # a pixel sampler's weights: all ones = unweighted; zero weights drop pixels
-    module = ExclusiveCrossEntropyLoss()
+    module = ExclusiveCrossEntropyLoss(sampling_schedule=1.0)
     plain = module(logits, label)
     torch.testing.assert_close(module(logits, label, weight=torch.ones_like(label).float()), plain)
     half = torch.ones_like(label).float()
@@ -142,6 +151,99 @@ def test_ece_bad_labels_and_names():
         ExclusiveCrossEntropyLoss()(logits, label[:, :4])
     with pytest.raises(ValueError, match="loss_"):
         ExclusiveCrossEntropyLoss(loss_name="ece")
+
+
+# -- the annotated fraction f ----------------------------------------------------------------------
+
+
+def test_ece_recipe_keeps_unannotated_terms_with_the_probability_f_gives():
+    from sparse_ext.losses import background_keep_prob
+
+    logits, label = _sparse_batch(seed=5)
+    module = ExclusiveCrossEntropyLoss(annotated_fraction=0.3)
+    assert module.criterion.sample_prob == pytest.approx(background_keep_prob(0.3))
+    torch.manual_seed(7)
+    got = module(logits, label)
+    torch.manual_seed(7)
+    want = exclusive_cross_entropy(logits, label, rho=0.5, annotated_fraction=0.3)
+    torch.testing.assert_close(got, want)
+    # an explicit sampling schedule wins over f (ECE as published: 1.0)
+    published = ExclusiveCrossEntropyLoss(annotated_fraction=0.3, sampling_schedule=1.0)
+    torch.testing.assert_close(
+        published(logits, label), exclusive_cross_entropy(logits, label, rho=0.5)
+    )
+
+
+def test_unknown_fraction_warns_once_and_falls_back():
+    from sparse_ext.losses import background_keep_prob
+    from sparse_ext.losses.fraction import FALLBACK_ANNOTATED_FRACTION
+
+    logits, label = _sparse_batch(seed=6)
+    for module in (ExclusiveCrossEntropyLoss(), NonNegativePULoss()):
+        with pytest.warns(UserWarning, match="annotated fraction is unknown"):
+            module(logits, label)
+        assert module.annotated_fraction == FALLBACK_ANNOTATED_FRACTION
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            module(logits, label)  # once only
+    assert ExclusiveCrossEntropyLoss().criterion.sample_prob == 1.0  # nothing assumed before
+    module = ExclusiveCrossEntropyLoss()
+    with pytest.warns(UserWarning):
+        module(logits, label)
+    assert module.criterion.sample_prob == pytest.approx(background_keep_prob(0.2))
+
+
+def test_nnpu_prior_from_the_fraction_is_the_sampled_prior_of_the_running_labelled_share():
+    from sparse_ext.losses import nnpu_loss, unlabeled_prior
+
+    logits, label = _sparse_batch(c=2, seed=8)
+    module = NonNegativePULoss(annotated_fraction=0.25)
+    got = module(logits, label)
+    valid = label != 255
+    share = float((label[valid] > 0).float().mean())
+    pi_u = unlabeled_prior(0.25, min(share / 0.25, 0.99))
+    flat = logits.permute(0, 2, 3, 1)[valid]
+    want = nnpu_loss(flat, label[valid], pi_u, background_index=0, prior_mode="sampled")
+    torch.testing.assert_close(got, want)
+    # the share runs over batches: a batch without labelled pixels keeps the earlier share
+    empty = torch.zeros_like(label)
+    module(logits, empty)
+    assert module.labelled_share.value == pytest.approx(
+        share * valid.sum() / (valid.sum() + label.numel())
+    )
+    # a fixed prior is the paper's mode, untouched by f
+    fixed = NonNegativePULoss(prior=0.2, annotated_fraction=0.25)
+    want_fixed = nnpu_loss(flat, label[valid], 0.2, background_index=0)
+    torch.testing.assert_close(fixed(logits, label), want_fixed)
+
+
+def test_hook_helper_gives_the_fraction_only_to_losses_without_one():
+    from sparse_ext.mmseg.hooks import set_annotated_fraction
+
+    model = torch.nn.ModuleDict(
+        dict(
+            a=ExclusiveCrossEntropyLoss(),
+            b=ExclusiveCrossEntropyLoss(annotated_fraction=0.5),
+            c=NonNegativePULoss(),
+            d=NonNegativePULoss(prior=0.1),
+        )
+    )
+    assert set_annotated_fraction(model, 0.3) == 3  # a, c and d (d keeps its fixed prior)
+    assert model["a"].annotated_fraction == 0.3 and model["b"].annotated_fraction == 0.5
+    assert model["c"].annotated_fraction == 0.3 and model["d"].prior == 0.1
+
+
+def test_partial_dataset_records_the_fraction(tmp_path):
+    import json
+
+    from sparse_ext.mmseg.datasets import recorded_fraction
+
+    assert recorded_fraction("data/x/labels/frac030/train", "data/x") == 0.3
+    assert recorded_fraction("labels/full/train", "data/x") is None
+    (tmp_path / "annotations").mkdir()
+    info = {"info": {"sparse_fraction": 0.27}, "images": [], "annotations": [], "categories": []}
+    (tmp_path / "annotations" / "train_frac030.json").write_text(json.dumps(info))
+    assert recorded_fraction(str(tmp_path / "labels" / "frac030" / "train"), str(tmp_path)) == 0.27
 
 
 # -- NonNegativePULoss

@@ -1,4 +1,5 @@
-# Exclusive cross-entropy in MMSeg's FCN on ResNetV1c-18 (random init).
+# Exclusive cross-entropy in MMSeg's FCN on ResNetV1c-18 (random init), the keep probability from
+# the annotated fraction as in unet_s5-d16_ece_partial-nuclei.py.
 _base_ = "./fcn_r18-d8_ce_partial-nuclei.py"
 model = dict(
     decode_head=dict(

@@ -1,4 +1,5 @@
-# Exclusive cross-entropy with the focal term on unannotated pixels (Panteli et al., Eq. 8).
+# Exclusive cross-entropy with the focal term on unannotated pixels (Panteli et al., ICCV 2021,
+# Eq. 8), the keep probability from the annotated fraction as in unet_s5-d16_ece_partial-nuclei.py.
 _base_ = "./unet_s5-d16_ce_partial-nuclei.py"
 ece_focal = dict(type="ExclusiveCrossEntropyLoss", focal_alpha=1.0, focal_gamma=2.0)
 model = dict(

@@ -1,10 +1,12 @@
 # Exclusive cross-entropy (Panteli et al., ICCV 2021, Eq. 7): label 0 = background OR unannotated
-# nucleus, kept as background only where the prediction is not confidently foreground (rho).
-# Default schedule: constant rho 0.5 (sparse_ext's default, docs/losses_ece.md). Other schedules:
-#   --cfg-options model.decode_head.loss_decode.schedule=paper_table2 \
-#                 model.auxiliary_head.loss_decode.schedule=paper_table2
-# Measured Dice per schedule and annotation fraction: docs/benchmarks/ (sparse-ext benchmark).
-# SparseLossAnnealingHook feeds the training progress to annealed schedules.
+# nucleus, kept as background only where the prediction is not confidently foreground (rho 0.5),
+# and kept with the probability that the annotated fraction f gives (background_keep_prob).
+# f comes from the training data (PartialNucleiDataset: labels/frac<NNN>, or the COCO file's
+# info.sparse_fraction; SparseLossAnnealingHook hands it to the loss); set it where the data do
+# not record it, e.g. --cfg-options model.decode_head.loss_decode.annotated_fraction=0.3
+#               model.auxiliary_head.loss_decode.annotated_fraction=0.3
+# ECE as published (every unannotated pixel kept): sampling_schedule=1.0 on both heads; other rho
+# schedules: schedule=paper_table2. Measured Dice: docs/benchmarks/ (sparse-ext benchmark).
 _base_ = "./unet_s5-d16_ce_partial-nuclei.py"
 model = dict(
     decode_head=dict(

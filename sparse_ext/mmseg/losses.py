@@ -32,10 +32,11 @@ from mmseg.models.losses import FocalLoss
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from sparse_ext.losses._validate import check_nonnegative, check_unit
+from sparse_ext.losses._validate import check_fraction, check_nonnegative, check_unit
 from sparse_ext.losses.exclusive_cross_entropy import ExclusiveCrossEntropy
+from sparse_ext.losses.fraction import LabelledShare, fallback_annotated_fraction, object_share
 from sparse_ext.losses.label_super_resolution import check_lsr_settings, load_lsr_table, lsr_loss
-from sparse_ext.losses.nnpu import check_nnpu_settings, nnpu_loss
+from sparse_ext.losses.nnpu import check_nnpu_settings, nnpu_loss, unlabeled_prior
 from sparse_ext.mmseg.transforms import (
     NO_PIXEL_LABEL,
     codes_to_labels,
@@ -90,7 +91,14 @@ class ExclusiveCrossEntropyLoss(nn.Module):
             "constant" or "paper_table2", a dict like ``dict(type="sigmoid", ...)``); its
             values must lie in [0, 1] (>= 0, logit units, with "logit_margin").
         sampling_schedule: probability in [0, 1] of keeping an unannotated term (the reference
-            code's background sampling), a schedule like ``schedule``; None keeps all.
+            code's background sampling), a schedule like ``schedule``. None (default): the keep
+            probability that the annotated fraction gives
+            (:func:`sparse_ext.losses.background_keep_prob`); ``1.0`` keeps every term (ECE as
+            published).
+        annotated_fraction: the share f in (0, 1] of the nuclei that carry a label. None: what
+            the training data recorded (``SparseLossAnnealingHook`` hands it over before
+            training), else :data:`sparse_ext.losses.fraction.FALLBACK_ANNOTATED_FRACTION` with a
+            warning at the first step.
         use_sigmoid: binary head with one output channel (``out_channels=1``).
         confidence: "foreground" (paper), "margin" or "logit_margin" (reference code).
         focal_alpha, focal_gamma: focal re-weighting of the unannotated terms (Eq. 8), alpha
@@ -104,6 +112,7 @@ class ExclusiveCrossEntropyLoss(nn.Module):
         self,
         schedule: Any = 0.5,
         sampling_schedule: Any = None,
+        annotated_fraction: Optional[float] = None,
         use_sigmoid: bool = False,
         confidence: str = "foreground",
         focal_alpha: Optional[float] = None,
@@ -115,6 +124,7 @@ class ExclusiveCrossEntropyLoss(nn.Module):
         self.criterion = ExclusiveCrossEntropy(
             schedule=schedule,
             sampling_schedule=sampling_schedule,
+            annotated_fraction=annotated_fraction,
             use_sigmoid=use_sigmoid,
             confidence=confidence,
             focal_alpha=focal_alpha,
@@ -123,6 +133,13 @@ class ExclusiveCrossEntropyLoss(nn.Module):
         self.use_sigmoid = use_sigmoid
         self.loss_weight = check_nonnegative("loss_weight", loss_weight)
         self._loss_name = _check_loss_name(loss_name)
+
+    @property
+    def annotated_fraction(self) -> Optional[float]:
+        return self.criterion.annotated_fraction
+
+    def set_annotated_fraction(self, annotated_fraction: float) -> None:
+        self.criterion.set_annotated_fraction(annotated_fraction)
 
     def set_progress(self, progress: float) -> None:
         self.criterion.set_progress(progress)
@@ -136,6 +153,8 @@ class ExclusiveCrossEntropyLoss(nn.Module):
         **kwargs,
     ) -> Tensor:
         _check_labels(cls_score, label, ignore_index)
+        if self.criterion.sampling_schedule is None and self.annotated_fraction is None:
+            self.set_annotated_fraction(fallback_annotated_fraction(type(self).__name__))
         if weight is None:
             loss = self.criterion(cls_score, label, ignore_index=ignore_index)
         else:  # a pixel sampler's weights (MMSeg's OHEM): weighted mean over non-ignored pixels
@@ -159,9 +178,21 @@ class NonNegativePULoss(nn.Module):
     pixels are left out. Softmax heads put background at class 0; a one-channel head uses
     sigmoid logits.
 
+    The prior: a fixed ``prior`` (the paper's mode, Eq. 12), or, when ``prior`` is None
+    (default), the per-batch sampled prior pi_b = Np/N + (Nu/N) pi_u of
+    :func:`sparse_ext.losses.nnpu.nnpu_loss` (``prior_mode="sampled"``), with pi_u from the
+    annotated fraction f and the object share q = l / f of the pixels, l the running share of
+    labelled pixels (:func:`sparse_ext.losses.nnpu.unlabeled_prior`,
+    :func:`sparse_ext.losses.fraction.object_share`): the labelled pixels then get plain CE and
+    only the unlabeled ones the PU risk.
+
     Args:
-        prior: expected fraction of object pixels, in (0, 1).
-        mode: "detection" (E_x over positive + unlabeled pixels, the paper's) or "classic".
+        prior: a fixed expected fraction of object pixels, in (0, 1); None: derived from f.
+        annotated_fraction: the share f in (0, 1] of the nuclei that carry a label (with
+            ``prior=None``). None: what the training data recorded (``SparseLossAnnealingHook``),
+            else :data:`sparse_ext.losses.fraction.FALLBACK_ANNOTATED_FRACTION` with a warning.
+        mode: "detection" (E_x over positive + unlabeled pixels, the paper's) or "classic"
+            (fixed prior only).
         nonnegative: "clamp", "kiryo" or "none".
         beta, gamma: Kiryo et al.'s nnPU parameters (``nonnegative="kiryo"``), beta >= 0,
             gamma in [0, 1].
@@ -171,7 +202,8 @@ class NonNegativePULoss(nn.Module):
 
     def __init__(
         self,
-        prior: float,
+        prior: Optional[float] = None,
+        annotated_fraction: Optional[float] = None,
         mode: str = "detection",
         nonnegative: str = "clamp",
         beta: float = 0.0,
@@ -180,14 +212,34 @@ class NonNegativePULoss(nn.Module):
         loss_name: str = "loss_nnpu",
     ) -> None:
         super().__init__()
-        settings = check_nnpu_settings(prior, mode, nonnegative, beta, gamma)
-        self.prior = settings.prior
+        if prior is None:
+            settings = check_nnpu_settings(0.0, mode, nonnegative, beta, gamma, "sampled")
+        else:
+            settings = check_nnpu_settings(prior, mode, nonnegative, beta, gamma)
+        self.prior = None if prior is None else settings.prior
+        self.annotated_fraction: Optional[float] = None
+        if annotated_fraction is not None:
+            self.set_annotated_fraction(annotated_fraction)
+        self.labelled_share = LabelledShare()
         self.mode = settings.mode
         self.nonnegative = settings.nonnegative
         self.beta = settings.beta
         self.gamma = settings.gamma
         self.loss_weight = check_nonnegative("loss_weight", loss_weight)
         self._loss_name = _check_loss_name(loss_name)
+
+    def set_annotated_fraction(self, annotated_fraction: float) -> None:
+        self.annotated_fraction = check_fraction("annotated_fraction", annotated_fraction)
+
+    def _prior(self, labels: Tensor) -> tuple[float, str]:
+        """The prior for this batch and its mode (see the class docstring)."""
+        if self.prior is not None:
+            return self.prior, "fixed"
+        if self.annotated_fraction is None:
+            self.set_annotated_fraction(fallback_annotated_fraction(type(self).__name__))
+        share = self.labelled_share.update(int(torch.count_nonzero(labels)), labels.numel())
+        q = object_share(share, self.annotated_fraction)
+        return unlabeled_prior(self.annotated_fraction, q), "sampled"
 
     def forward(
         self,
@@ -209,11 +261,13 @@ class NonNegativePULoss(nn.Module):
         else:
             logits = cls_score.permute(0, 2, 3, 1).reshape(-1, cls_score.shape[1])[valid]
             background_index = 0
+        prior, prior_mode = self._prior(labels)
         loss = nnpu_loss(
             logits,
             labels,
-            self.prior,
+            prior,
             background_index=background_index,
+            prior_mode=prior_mode,
             mode=self.mode,
             nonnegative=self.nonnegative,
             beta=self.beta,
