@@ -10,14 +10,19 @@ from :mod:`sparse_ext.metrics` against the exhaustive reference: foreground Dice
 pooled over the frames), AJI (mean over frames) and object F1/precision/recall (counts pooled;
 predicted objects are the connected components of the predicted foreground, reference objects
 the instance maps in ``instances/test``).
+
+``threshold`` (a spec without a config) trains nothing: it is the floor every table shows, one
+global intensity threshold chosen from the training images and their sparse labels only
+(:func:`threshold_from_sparse_labels`), scored the same way.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +35,8 @@ __all__ = [
     "evaluate_segmentor",
     "pooled_dice_iou",
     "run",
+    "score_predictions",
+    "threshold_from_sparse_labels",
     "train_and_evaluate",
 ]
 
@@ -92,14 +99,11 @@ def pooled_dice_iou(tp: int, fp: int, fn: int) -> Dict[str, float]:
     return {"dice": 2 * tp / (tp + union) if union else 1.0, "iou": tp / union if union else 1.0}
 
 
-def evaluate_segmentor(
-    model, cfg, data_root: str
-) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
-    """Predict the test frames with the model's ``test_step`` and score them."""
-    import torch
-    from mmengine.dataset import pseudo_collate
-    from mmseg.registry import DATASETS
-
+def score_predictions(
+    pairs: Iterable[Tuple[str, np.ndarray, np.ndarray]], data_root: str
+) -> Dict[str, float]:
+    """Score (stem, reference label map, predicted label map) of the test frames: pooled Dice/IoU,
+    mean AJI and pooled object F1/precision/recall (module docstring)."""
     from sparse_ext.metrics import (
         ObjectCounts,
         aji_counts,
@@ -108,45 +112,104 @@ def evaluate_segmentor(
         object_counts,
     )
 
-    dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
-    if len(dataset) == 0:
-        raise FileNotFoundError(f"no test frames under {data_root}/images/test")
     tp = fp = fn = 0
     ajis: List[float] = []
     objects = ObjectCounts()
-    predictions: Dict[str, np.ndarray] = {}
-    model.eval()
-    with torch.no_grad():
-        for i in range(len(dataset)):
-            sample = model.test_step(pseudo_collate([dataset[i]]))[0]
-            pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().astype(np.int64)
-            gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().astype(np.int64)
-            stem = os.path.splitext(os.path.basename(sample.metainfo["img_path"]))[0]
-            predictions[stem] = pred
-            a, b, c, _ = binary_confusion(gt, pred)
-            tp, fp, fn = tp + a, fp + b, fn + c
-            inst_path = os.path.join(data_root, "instances", "test", stem + ".tif")
-            gt_inst = (
-                _read_instances(inst_path)
-                if os.path.isfile(inst_path)
-                else connected_components(gt)
+    for stem, gt, pred in pairs:
+        a, b, c, _ = binary_confusion(gt, pred)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        inst_path = os.path.join(data_root, "instances", "test", stem + ".tif")
+        gt_inst = (
+            _read_instances(inst_path) if os.path.isfile(inst_path) else connected_components(gt)
+        )
+        if gt_inst.shape != pred.shape:
+            raise ValueError(
+                f"{inst_path}: instance map {gt_inst.shape} != prediction {pred.shape}"
             )
-            if gt_inst.shape != pred.shape:
-                raise ValueError(
-                    f"{inst_path}: instance map {gt_inst.shape} != prediction {pred.shape}"
-                )
-            pred_inst = connected_components(pred)
-            inter, union = aji_counts(gt_inst, pred_inst)
-            ajis.append(inter / union if union else 1.0)
-            objects = objects + object_counts(gt_inst, pred_inst)
-    metrics = {
+        pred_inst = connected_components(pred)
+        inter, union = aji_counts(gt_inst, pred_inst)
+        ajis.append(inter / union if union else 1.0)
+        objects = objects + object_counts(gt_inst, pred_inst)
+    if not ajis:
+        raise FileNotFoundError(f"no test frames under {data_root}/images/test")
+    return {
         **pooled_dice_iou(tp, fp, fn),
         "aji": float(np.mean(ajis)),
         "object_f1": objects.f1,
         "object_precision": objects.precision,
         "object_recall": objects.recall,
     }
-    return metrics, predictions
+
+
+def evaluate_segmentor(
+    model, cfg, data_root: str
+) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Predict the test frames with the model's ``test_step`` and score them."""
+    import torch
+    from mmengine.dataset import pseudo_collate
+    from mmseg.registry import DATASETS
+
+    dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
+    predictions: Dict[str, np.ndarray] = {}
+
+    def pairs() -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+        model.eval()
+        with torch.no_grad():
+            for i in range(len(dataset)):
+                sample = model.test_step(pseudo_collate([dataset[i]]))[0]
+                pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().astype(np.int64)
+                gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().astype(np.int64)
+                stem = os.path.splitext(os.path.basename(sample.metainfo["img_path"]))[0]
+                predictions[stem] = pred
+                yield stem, gt, pred
+
+    return score_predictions(pairs(), data_root), predictions
+
+
+def _frames(
+    data_root: str, split: str, labels: str
+) -> Iterator[Tuple[str, np.ndarray, np.ndarray]]:
+    """(stem, grey image, label map) of a split, labels from ``labels/<labels>/<split>``."""
+    from sparse_ext.data.io import read_image
+
+    folder = os.path.join(data_root, "images", split)
+    for name in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(name)
+        if ext != ".png":
+            continue
+        image = read_image(os.path.join(folder, name))
+        label = read_image(os.path.join(data_root, "labels", labels, split, name))
+        yield stem, image if image.ndim == 2 else image.mean(-1), label
+
+
+def threshold_from_sparse_labels(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], annotated_fraction: float
+) -> float:
+    """One global intensity threshold from training images and their SPARSE labels only.
+
+    The labelled share l of the pixels and the annotated fraction f give the expected share of
+    object pixels, l / f; the threshold is the intensity quantile that leaves that share of the
+    training pixels above it (objects bright, as the fetched nuclei images are).
+    """
+    pixels = np.concatenate([np.asarray(im, np.float64).ravel() for im in images])
+    labelled = sum(int(np.count_nonzero(lab == 1)) for lab in labels)
+    share = min(labelled / max(pixels.size, 1) / annotated_fraction, 1.0)
+    return float(np.quantile(pixels, 1.0 - share))
+
+
+def _threshold_floor(ctx: RunContext) -> Dict[str, Any]:
+    start = time.perf_counter()
+    labels = os.path.relpath(os.path.dirname(_label_dir(ctx.data_root, ctx.fraction)), "labels")
+    train = list(_frames(ctx.data_root, "train", labels))
+    t = threshold_from_sparse_labels(
+        [im for _, im, _ in train], [lab for *_, lab in train], ctx.fraction / 100.0
+    )
+    pairs = (
+        (stem, label.astype(np.int64), (image > t).astype(np.int64))
+        for stem, image, label in _frames(ctx.data_root, "test", "full")
+    )
+    metrics = score_predictions(pairs, ctx.data_root)
+    return dict(seconds=time.perf_counter() - start, sec_per_iter=0.0, **metrics)
 
 
 def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunResult:
@@ -158,7 +221,10 @@ def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunR
 
 
 def run(ctx: RunContext) -> Dict[str, Any]:
-    """Train and score one seg run; the CSV row's results (``predictions`` added on request)."""
+    """Train and score one seg run (or the ``threshold`` floor when the spec has no config); the
+    CSV row's results (``predictions`` added on request)."""
+    if not ctx.spec.config:
+        return _threshold_floor(ctx)
     result = train_and_evaluate(build_config(ctx), ctx.data_root, verbose=ctx.verbose)
     row: Dict[str, Any] = dict(
         seconds=result.seconds, sec_per_iter=result.sec_per_iter, **result.metrics

@@ -109,7 +109,33 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
         for spec in (
             LossSpec("ce", "mmseg/unet_s5-d16_ce_partial-nuclei.py", {}, "cross-entropy (MMSeg)"),
             LossSpec("focal", "mmseg/unet_s5-d16_focal_partial-nuclei.py", {}, "MMSeg FocalLoss"),
-            LossSpec("ece", _ECE, {}, "ECE, constant rho 0.5 (default)"),
+            LossSpec(
+                "ece",
+                _ECE,
+                {},
+                "ECE rho 0.5, keep probability from the annotated fraction (the shipped recipe)",
+            ),
+            LossSpec(
+                "ece_paper",
+                _ECE,
+                _ece_lines(sampling_schedule=1.0),
+                "ECE as published: rho 0.5, every unannotated pixel kept",
+            ),
+            # the recipe told half / twice the true annotated fraction
+            LossSpec(
+                "ece_f_half",
+                _ECE,
+                {},
+                "ECE recipe told half the true annotated fraction",
+                per_fraction=lambda f: _ece_lines(annotated_fraction=f / 200),
+            ),
+            LossSpec(
+                "ece_f_double",
+                _ECE,
+                {},
+                "ECE recipe told twice the true annotated fraction (at most 1)",
+                per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
+            ),
             LossSpec(
                 "ece_table2",
                 _ECE,
@@ -125,7 +151,14 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 "ECE, reference code's schedules",
             ),
             LossSpec("ece_focal", "mmseg/unet_s5-d16_ece-focal_partial-nuclei.py", {}, "ECE+focal"),
-            LossSpec("nnpu", "mmseg/unet_s5-d16_nnpu_partial-nuclei.py", {}, "nnPU on pixels"),
+            LossSpec(
+                "nnpu",
+                "mmseg/unet_s5-d16_nnpu_partial-nuclei.py",
+                {},
+                "nnPU on pixels, prior from the annotated fraction (the shipped recipe)",
+            ),
+            # no config: nothing is trained (sparse_ext.benchmark.seg.threshold_from_sparse_labels)
+            LossSpec("threshold", "", {}, "floor: one intensity threshold from the sparse labels"),
             LossSpec(
                 "ece_sampled",
                 _ECE,
@@ -137,8 +170,8 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 "ce_sampled",
                 _ECE,
                 {},
-                "ablation: plain CE (ECE with rho 1) + the same background sampling",
-                per_fraction=lambda f: _sampled(f, rho=1.0),
+                "ablation: CE (ECE with rho 1) + the ece recipe's keep probability",
+                per_fraction=lambda f: _ece_lines(schedule=1.0),
             ),
             LossSpec(
                 "ece_pkg",
@@ -241,18 +274,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
     },
 }
 DEFAULT_LOSSES = {
-    "seg": (
-        "ce",
-        "focal",
-        "ece",
-        "ece_sampled",
-        "nnpu",
-        "ece_table2",
-        "ece_refcode",
-        "ece_focal",
-        "ece_pkg",
-        "ce_sampled",
-    ),
+    "seg": ("threshold", "ce", "focal", "ece", "ece_paper", "nnpu", "ce_sampled", "ece_pkg"),
     "det": ("ce", "focal", "ece", "bde", "pu_classic", "nnpu", "nnpu_sampled"),
     "lsr": (
         "intra",

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The segmentation recipes' grid (issue 11): HeLa and the H&E set, quick profile, three seeds.
+# Resumable: finished runs are skipped, so it can be run again across sessions until complete.
+#   bash docs/benchmarks/seg_grid.sh            (from the repository root, after README's set-up)
+set -euo pipefail
+.venv/bin/sparse-ext data fetch hela --dest data
+.venv/bin/sparse-ext data fetch hgsc --dest data
+bench() {  # bench DATASET FRACTIONS LOSSES SEEDS
+  .venv/bin/sparse-ext benchmark --task seg --quick --data data --dataset "$1" --fractions "$2" \
+    --losses "$3" --seeds "$4" --out "docs/benchmarks/seg_$1" --work-dirs work_dirs/bench
+}
+for d in hela hgsc; do bench "$d" 10,30,50,100 threshold 0,1,2; done
+# the cells the issue's "done when" reads first, every seed of both datasets
+for s in 0 1 2; do
+  for d in hela hgsc; do
+    bench "$d" 30 ece "$s"
+    bench "$d" 100 ce "$s"
+    bench "$d" 30 ce "$s"
+    bench "$d" 10 ece "$s"
+  done
+done
+for s in 0 1 2; do
+  for d in hela hgsc; do
+    bench "$d" 30 nnpu,ce_sampled,ece_paper,ece_f_half,ece_f_double "$s"
+    bench "$d" 10 ce,nnpu "$s"
+    bench "$d" 50 ce,ece,nnpu "$s"
+  done
+done
+for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,ece_paper,nnpu,ce_sampled,ece_pkg 0,1,2; done
