@@ -269,31 +269,38 @@ def _confident_enough_to_keep(
     return (top2[:, 0] - top2[:, 1]) < rho
 
 
-def _focal_terms(log_p0: Tensor, gamma: float) -> tuple[Tensor, float, Optional[Tensor], float]:
-    """Eq. 8's unannotated term over alpha and its derivative, from log p_t (``log_p0``).
+def _focal_terms(log_p: Tensor, gamma: float) -> tuple[Tensor, float, Optional[Tensor], float]:
+    """Eq. 8's unannotated term over alpha and its derivative, elementwise from ``log_p``.
 
-    phi(u) = alpha * (1 - p_t)^gamma * u, u = -log p_t = CE, and
+    phi(u) = alpha * (1 - p_t)^gamma * u, u = -log p_t = CE (p_t = p(background)), and
     phi'(u) = alpha * (1 - p_t)^(gamma - 1) * S, S = (1 - p_t) + gamma * p_t * u.
-    With e = expm1(log p_t) = -(1 - p_t): S = -(e + gamma * log p_t * (1 + e)), and the integer
-    powers gamma = 1, 2 are products of e. Other gammas clamp 1 - p_t to >= 1e-12 (no infinite
-    power at p_t = 1; a no-op elsewhere).
+    1 - p_t is the other class's probability with two classes (no cancellation, one exp), else
+    -expm1(log p_t); other powers than gamma = 1, 2 clamp it to >= 1e-12 (no infinite power at
+    p_t = 1; a no-op elsewhere).
 
     Returns (a, ka, b, kb) with phi / alpha = ka * a and phi' / alpha = kb * b elementwise
     (b None: 1); the constant factors are folded into the caller's reductions. In place on two
     buffers: every pass over the elements costs (see tools/bench_losses.py).
     """
+    log_p0 = log_p[:, 0]
     if gamma == 0.0:  # a constant weight: phi = alpha * u
         return log_p0, -1.0, None, 1.0
-    e = torch.expm1(log_p0)
-    s_neg = torch.add(e, log_p0, alpha=gamma).addcmul_(e, log_p0, value=gamma)  # -S
-    if gamma == 1.0:  # phi = alpha * e * log p_t, phi' = -alpha * (-S)
-        return e.mul_(log_p0), 1.0, s_neg, -1.0
-    if gamma == 2.0:  # phi = -alpha * e^2 * log p_t, phi' = alpha * e * (-S)
-        s_neg.mul_(e)
-        return e.square_().mul_(log_p0), -1.0, s_neg, 1.0
-    q = e.neg_().clamp_min_(_FOCAL_EPS)  # 1 - p_t
+    if log_p.shape[1] == 2:
+        q = torch.exp(log_p[:, 1])  # 1 - p_t
+        p_t = torch.exp(log_p0)
+    else:
+        q = torch.expm1(log_p0).neg_()
+        p_t = torch.sub(1.0, q)
+    if gamma not in (1.0, 2.0):
+        q.clamp_min_(_FOCAL_EPS)
+    s = torch.addcmul(q, p_t, log_p0, value=-gamma, out=p_t)  # S: p_t * u = -p_t * log p_t
+    if gamma == 1.0:  # phi = -alpha * q * log p_t, phi' = alpha * S
+        return q.mul_(log_p0), -1.0, s, 1.0
+    if gamma == 2.0:  # phi = -alpha * q^2 * log p_t, phi' = alpha * q * S
+        s.mul_(q)
+        return q.square_().mul_(log_p0), -1.0, s, 1.0
     q_power = q.pow(gamma - 1.0)
-    return q.mul_(q_power).mul_(log_p0), -1.0, s_neg.mul_(q_power), -1.0
+    return q.mul_(q_power).mul_(log_p0), -1.0, s.mul_(q_power), 1.0
 
 
 def _keep_weights(
@@ -394,7 +401,6 @@ class _ExclusiveCrossEntropyFn(torch.autograd.Function):
             target = target.unsqueeze(0)
             annotated = None if annotated is None else annotated.unsqueeze(0)
         log_p = torch.log_softmax(logits, dim=1)
-        log_p0 = log_p[:, 0]
         # W: at each element's class, 1 (annotated) or phi' (kept unannotated); 0 elsewhere
         shared = annotated is None and not 0 <= ii < log_p.shape[1] and abs(ii) < 2**24
         scratch = None
@@ -409,7 +415,7 @@ class _ExclusiveCrossEntropyFn(torch.autograd.Function):
             kept = unannotated.clone() if keep is None else keep.mul_(unannotated)
             if shared:
                 weights[:, 0].zero_()
-            a, ka, b, kb = _focal_terms(log_p0, s.focal_gamma)
+            a, ka, b, kb = _focal_terms(log_p, s.focal_gamma)
             value = _linear_part(weights, log_p, s.reduction)
             alpha = s.focal_alpha
             if s.reduction == "none":
