@@ -10,8 +10,9 @@ is the COCO file of the annotation fraction from ``sparse-ext data fetch``
 exhaustive test file. When the dataset has a validation split (``annotations/val.json`` and
 ``images/val``) it is evaluated too: the score threshold with the best validation F1
 (``sparse/best_f1_threshold``) picks the test F1 reported as ``f1_valthr`` (F1 at the
-validation-chosen threshold); every metric of a run is also written to ``run_summary.json`` in
-its work folder.
+validation-chosen threshold) and the validation recall, F1 and average recall are reported for
+the selection of the nnPU prior (the paper's: by mean validation recall); every metric of a run is
+also written to ``run_summary.json`` in its work folder.
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ def run(ctx: RunContext) -> Dict[str, Any]:
         raise RuntimeError(f"train_net.py exited with {proc.returncode}; see {work_dir}/stdout.log")
     metrics = _last_eval(metrics_json)
     test = _dataset_metrics(metrics, "bench_test")
-    threshold, f1_valthr = _f1_at_val_threshold(test, _dataset_metrics(metrics, "bench_val"))
+    val = _dataset_metrics(metrics, "bench_val") if find_val_split(ctx.data_root) else {}
+    threshold, f1_valthr = _f1_at_val_threshold(test, val)
     result = dict(
         seconds=seconds,
         sec_per_iter=metrics.get("_time", seconds / max(ctx.iters, 1)),
@@ -228,6 +230,10 @@ def run(ctx: RunContext) -> Dict[str, Any]:
         average_recall=_pick(test, "sparse/average_recall"),
         average_precision=_pick(test, "sparse/average_precision"),
         best_f1=_pick(test, "sparse/best_f1"),
+        # validation metrics: the paper selects pi by mean recall on validation
+        val_recall=_pick(val, "sparse/recall"),
+        val_average_recall=_pick(val, "sparse/average_recall"),
+        val_f1=_pick(val, "sparse/f1"),
     )
     with open(os.path.join(work_dir, "run_summary.json"), "w") as f:
         json.dump(result, f, indent=2)
