@@ -20,7 +20,7 @@ from detectron2.engine import SimpleTrainer  # noqa: E402
 from detectron2.layers import cat  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E402
 
 from sparse_ext.detectron2 import (  # noqa: E402
     VALID_LOSSES,
@@ -469,6 +469,17 @@ def test_nnpu_equals_core_function_on_the_heads_logits_and_labels(prior_mode, su
         assert (labels == -1).any()
         expected = nnpu_loss(cat(logits, dim=1)[valid], labels[valid].long(), rpn_prior, **options)
         torch.testing.assert_close(rpn_losses["loss_rpn_cls"], expected)
+        # the sampled prior of each batch is logged: pi_b = Np/N + (Nu/N) pi_u
+        logged = {k: v[0] for k, v in get_event_storage().latest().items()}
+    if prior_mode == "sampled":
+        n_pos = int((gt_classes < 2).sum())
+        assert logged["fast_rcnn/pu_prior"] == pytest.approx(
+            (n_pos + (len(gt_classes) - n_pos) * roi_prior) / len(gt_classes)
+        )
+        n_pos, n = int((labels == 1).sum()), int(valid.sum())
+        assert logged["rpn/pu_prior"] == pytest.approx((n_pos + (n - n_pos) * rpn_prior) / n)
+    else:
+        assert "fast_rcnn/pu_prior" not in logged and "rpn/pu_prior" not in logged
 
 
 def test_sampled_prior_reads_the_annotated_fraction_from_the_training_metadata():

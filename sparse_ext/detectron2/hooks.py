@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from detectron2.engine import HookBase
 from detectron2.utils.events import get_event_storage
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["SparseProgressHook", "set_sparse_progress", "storage_progress"]
+__all__ = ["SparseProgressHook", "log_pu_prior", "set_sparse_progress", "storage_progress"]
 
 
 def storage_progress(max_iter: int) -> Optional[float]:
@@ -21,6 +21,22 @@ def storage_progress(max_iter: int) -> Optional[float]:
     except AssertionError:  # no EventStorage in use (a custom loop)
         return None
     return min(max(storage.iter / max_iter, 0.0), 1.0)
+
+
+def log_pu_prior(key: str, labelled: Tensor, pu_options: Mapping[str, Any]) -> None:
+    """Put the batch's sampled prior pi_b = Np/N + (Nu/N) pi_u into the EventStorage under ``key``
+    (``labelled``: a bool mask over the loss's samples); nothing for a fixed prior or outside an
+    EventStorage."""
+    if pu_options.get("prior_mode") != "sampled":
+        return
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    from sparse_ext.losses.nnpu import sampled_prior
+
+    n_pos = int(labelled.sum())
+    storage.put_scalar(key, sampled_prior(n_pos, labelled.numel() - n_pos, pu_options["prior"]))
 
 
 def set_sparse_progress(model: nn.Module, progress: float) -> int:

@@ -21,7 +21,7 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
 from sparse_ext.detectron2.config import check_loss_name, sparse_loss_options
-from sparse_ext.detectron2.hooks import storage_progress
+from sparse_ext.detectron2.hooks import log_pu_prior, storage_progress
 from sparse_ext.losses import bde_weights, nnpu_loss
 
 __all__ = ["SparseFastRCNNOutputLayers", "SparseROIHeads"]
@@ -124,6 +124,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
             loss_cls = nnpu_loss(
                 scores, gt_classes, background_index=self.num_classes, **self.pu_options
             )
+            log_pu_prior("fast_rcnn/pu_prior", gt_classes != self.num_classes, self.pu_options)
         else:
             loss_cls = self._bde_loss(predictions, proposals, gt_classes)
         losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)

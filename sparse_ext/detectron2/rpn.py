@@ -19,7 +19,7 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
 from sparse_ext.detectron2.config import check_loss_name, sparse_loss_options
-from sparse_ext.detectron2.hooks import storage_progress
+from sparse_ext.detectron2.hooks import log_pu_prior, storage_progress
 from sparse_ext.losses import bde_weights, nnpu_loss
 
 __all__ = ["SparseRPN"]
@@ -125,6 +125,7 @@ class SparseRPN(RPN):
             loss_cls = self.ece_loss(x, y) / normalizer
         elif self.loss_name == "nnpu":
             loss_cls = nnpu_loss(x, y, **self.pu_options)
+            log_pu_prior("rpn/pu_prior", y == 1, self.pu_options)
         else:
             weights = self._bde_weights(anchors, logits, labels, pred_anchor_deltas)
             loss_cls = (
