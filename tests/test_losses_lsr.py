@@ -1,4 +1,6 @@
-"""Label super-resolution losses (Zhao, Hou et al., Eq. 1-11, App. A): sparse_ext.losses.lsr_loss."""
+"""Label super-resolution losses (Zhao, Hou et al., Eq. 1-11, App. A; Malkin et al., ICLR 2019):
+sparse_ext.losses.lsr_loss with the reference interval distance (default), Eq. 5/9 and the
+Gaussian form."""
 
 import json
 import math
@@ -45,7 +47,176 @@ def block_stats(logits):
     return mu, sigma2
 
 
-def test_intra_hand_computed():
+def reference_distance(mu, sigma2, v, eta, rho):
+    """The reference interval distance (Malkin et al.) in plain floats."""
+    miss = max(abs(mu - eta) - rho, 0.0)
+    return miss**2 / (sigma2 + rho**2 + 1e-6) + math.log(v + FLOOR)
+
+
+def block_stats_v(logits):
+    """(mu, v, sigma2) per block and class: v = sum p(1-p) / |X| (Eq. 3), sigma2 = v / |X|."""
+    p = logits.softmax(dim=1).numpy()
+    count = p.shape[2] * p.shape[3]
+    v = (p * (1 - p)).sum(axis=(2, 3)) / count
+    return p.mean(axis=(2, 3)), v, v / count
+
+
+def test_reference_is_the_default_distance():
+    import inspect
+
+    assert inspect.signature(lsr_loss).parameters["distance"].default == "reference"
+    assert LabelSuperResolutionLoss(ETA, RHO).distance == "reference"
+    logits = make_blocks(seed=7)
+    assert (
+        lsr_loss(logits, Z, ETA, RHO).item()
+        == lsr_loss(logits, Z, ETA, RHO, distance="reference").item()
+    )
+
+
+def test_reference_on_two_pixels_by_hand():
+    """One block of two pixels with p(nucleus) = 0.2 and 0.6 (sigmoid of the logit difference):
+    mu = 0.4, v = (0.16 + 0.24) / 2 = 0.2, sigma2 = v / 2 = 0.1; both classes have the same v."""
+    p1 = torch.tensor([0.2, 0.6], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(2, dtype=torch.float64), torch.logit(p1)])[None, :, None, :]
+    eta = torch.tensor([[0.9], [0.1]], dtype=torch.float64)
+    rho = torch.tensor([[0.05], [0.1]], dtype=torch.float64)
+    got = lsr_loss(logits, torch.tensor([0]), eta, rho, mode="intra")
+    # background: mu 0.6, |0.6 - 0.9| - 0.05 = 0.25; nucleus: mu 0.4, |0.4 - 0.1| - 0.1 = 0.2
+    background = 0.25**2 / (0.1 + 0.05**2 + 1e-6) + math.log(0.2 + 0.03)
+    nucleus = 0.2**2 / (0.1 + 0.1**2 + 1e-6) + math.log(0.2 + 0.03)
+    assert got.item() == pytest.approx((background + nucleus) / 2, rel=1e-12)
+    # one block: inter has variance 0 (Eq. 8), intra+inter the block's own sigma2 (Eq. 11)
+    inter = lsr_loss(logits, torch.tensor([0]), eta, rho, mode="inter")
+    expected = (0.25**2 / (0.05**2 + 1e-6) + 0.2**2 / (0.1**2 + 1e-6)) / 2 + math.log(0.2 + 0.03)
+    assert inter.item() == pytest.approx(expected, rel=1e-12)
+    both = lsr_loss(logits, torch.tensor([0]), eta, rho, mode="intra_inter")
+    assert both.item() == pytest.approx(got.item(), rel=1e-12)
+    # alpha scales rho in the interval and in the denominator
+    half = lsr_loss(logits, torch.tensor([0]), eta, rho, mode="intra", alpha=0.5)
+    background = 0.275**2 / (0.1 + 0.025**2 + 1e-6) + math.log(0.23)
+    nucleus = 0.25**2 / (0.1 + 0.05**2 + 1e-6) + math.log(0.23)
+    assert half.item() == pytest.approx((background + nucleus) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
+def test_reference_hand_computed(mode):
+    logits = make_blocks(seed=8)
+    mu, v, sigma2 = block_stats_v(logits)
+    values = []
+    for cls in range(2):
+        for z in (0, 1):
+            blocks = [k for k in range(3) if Z[k] == z]
+            e, r = ETA[cls, z].item(), RHO[cls, z].item()
+            if mode == "intra":
+                d = [
+                    reference_distance(mu[k, cls], sigma2[k, cls], v[k, cls], e, r) for k in blocks
+                ]
+                values.append(np.mean(d))
+                continue
+            m = np.mean([mu[k, cls] for k in blocks])
+            if mode == "inter":  # Eq. 8
+                s2 = np.mean([(mu[k, cls] - m) ** 2 for k in blocks])
+            else:  # Eq. 11
+                s2 = np.mean([sigma2[k, cls] + mu[k, cls] ** 2 for k in blocks]) - m**2
+            log_term = np.mean([math.log(v[k, cls] + FLOOR) for k in blocks])
+            values.append(max(abs(m - e) - r, 0.0) ** 2 / (s2 + r**2 + 1e-6) + log_term)
+    got = lsr_loss(logits, Z, ETA, RHO, mode=mode)
+    assert got.item() == pytest.approx(np.mean(values), rel=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
+def test_reference_costs_nothing_inside_eta_plus_minus_rho(mode):
+    """Block means inside eta +- rho: the loss is the log term alone and the means get no
+    gradient from the matching term (moving a mean within the interval changes nothing but v)."""
+    eta = torch.tensor([[0.7, 0.4], [0.3, 0.6]], dtype=torch.float64)
+    rho = torch.tensor([[0.1, 0.15], [0.1, 0.15]], dtype=torch.float64)
+    # constant maps: p(nucleus) = 0.25 / 0.35 (z = 0, eta 0.3 +- 0.1), 0.5 (z = 1, 0.6 +- 0.15)
+    p1 = torch.tensor([0.25, 0.5, 0.7], dtype=torch.float64)
+    logits = torch.zeros(3, 2, 3, 3, dtype=torch.float64)
+    logits[:, 1] = torch.logit(p1)[:, None, None]
+    logits.requires_grad_(True)
+    loss = lsr_loss(logits, Z, eta, rho, mode=mode)
+    v = p1 * (1 - p1)  # constant maps: v = p (1 - p)
+    log_terms = {0: [math.log(v[0] + FLOOR)], 1: [math.log(v[k] + FLOOR) for k in (1, 2)]}
+    expected = np.mean([np.mean(log_terms[z]) for _ in range(2) for z in (0, 1)])
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    outside = lsr_loss(
+        logits.detach() - torch.tensor([0.0, 3.0])[None, :, None, None], Z, eta, rho, mode=mode
+    )
+    assert outside.item() > loss.item() + 0.5  # pushed out of the intervals: it costs
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
+def test_reference_gradient_is_only_the_log_term_inside_the_interval(mode):
+    logits = torch.zeros(3, 2, 2, 2, dtype=torch.float64)
+    logits[:, 1] = torch.logit(torch.tensor([0.28, 0.55, 0.65], dtype=torch.float64))[:, None, None]
+    eta = torch.tensor([[0.7, 0.4], [0.3, 0.6]], dtype=torch.float64)
+    rho = torch.tensor([[0.1, 0.15], [0.1, 0.15]], dtype=torch.float64)
+    x = logits.clone().requires_grad_(True)
+    lsr_loss(x, Z, eta, rho, mode=mode).backward()
+    # the same loss with rho huge (everything inside) has the same gradient: the log term's
+    y = logits.clone().requires_grad_(True)
+    lsr_loss(y, Z, eta, torch.full_like(rho, 0.99), mode=mode).backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-9, atol=1e-12)
+
+
+def _ranking_batch():
+    """12 blocks of 16 x 16 px, one disc each (nucleus fraction 0.03-0.43), z = the fraction
+    quantised into 4 bins, (eta, rho) estimated from the masks (Appendix B.2), and three
+    predictions: the true masks, background everywhere, and the blurry map p = eta[z] in every
+    pixel (matches every mean, argmaxes to background)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    masks = []
+    for _ in range(12):
+        r = rng.uniform(1.5, 6.0)
+        cy, cx = rng.uniform(5, 11, 2)
+        masks.append((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+    masks = torch.tensor(np.stack(masks))
+    frac = masks.double().mean((1, 2))
+    z = torch.clamp((frac * 4).floor().long(), max=3)
+    eta = torch.tensor([[0.0] * 4, [0.125, 0.375, 0.625, 0.875]], dtype=torch.float64)
+    rho = torch.full((2, 4), 1 / (4 * math.sqrt(12)), dtype=torch.float64)
+    for b in z.unique().tolist():
+        eta[1, b] = frac[z == b].mean()
+        rho[1, b] = frac[z == b].std(unbiased=False)
+    eta[0], rho[0] = 1 - eta[1], rho[1]
+
+    def logits(p1):
+        lg = torch.logit(p1.clamp(1e-4, 1 - 1e-4))
+        return torch.stack([-lg / 2, lg / 2], 1)
+
+    true = logits(masks.double())
+    background = logits(torch.zeros(masks.shape, dtype=torch.float64))
+    blurry = logits(eta[1, z][:, None, None].expand(masks.shape).clone())
+    assert set(z.tolist()) == {0, 1} and (eta[1, z] < 0.5).all()
+    return z, eta, rho, true, background, blurry
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
+def test_only_the_reference_distance_prefers_the_true_mask(mode):
+    """Issue 13's ranking on a synthetic batch (lower = preferred): the reference form puts the
+    true mask first; Eq. 5 gives it nearly the same value as all-background, Eq. 9/11 prefer
+    all-background; the Gaussian form prefers the blurry map."""
+    z, eta, rho, true, background, blurry = _ranking_batch()
+
+    def values(distance):
+        return [
+            lsr_loss(x, z, eta, rho, mode=mode, distance=distance).item()
+            for x in (true, background, blurry)
+        ]
+
+    ref_true, ref_bg, ref_blurry = values("reference")
+    assert ref_true < ref_bg - 1.0 and ref_true < ref_blurry - 1.0
+    eq5_true, eq5_bg, eq5_blurry = values("eq5")
+    assert eq5_true > min(eq5_bg, eq5_blurry) - 1e-3  # no margin for the true mask
+    if mode != "intra":
+        assert eq5_bg < eq5_true  # Eq. 9/11: all-background is preferred
+    gauss_true, _, gauss_blurry = values("gaussian")
+    assert gauss_blurry < gauss_true
+
+
+def test_eq5_intra_hand_computed():
     logits = make_blocks()
     mu, sigma2 = block_stats(logits)
     groups = []  # (l, z): mean of its blocks' distances
@@ -57,12 +228,12 @@ def test_intra_hand_computed():
                 for k in blocks
             ]
             groups.append(sum(d) / len(d))
-    got = lsr_loss(logits, Z, ETA, RHO, mode="intra")
+    got = lsr_loss(logits, Z, ETA, RHO, mode="intra", distance="eq5")
     assert got.item() == pytest.approx(sum(groups) / len(groups), rel=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["inter", "intra_inter"])
-def test_inter_and_intra_inter_hand_computed(mode):
+def test_eq5_inter_and_intra_inter_hand_computed(mode):
     logits = make_blocks(seed=1)
     mu, sigma2 = block_stats(logits)
     values = []
@@ -79,11 +250,11 @@ def test_inter_and_intra_inter_hand_computed(mode):
                     - m**2
                 )
             values.append(distance(m, s2, ETA[cls, z].item(), RHO[cls, z].item()))
-    got = lsr_loss(logits, Z, ETA, RHO, mode=mode)
+    got = lsr_loss(logits, Z, ETA, RHO, mode=mode, distance="eq5")
     assert got.item() == pytest.approx(sum(values) / len(values), rel=1e-10)
 
 
-def test_inter_with_one_block_per_group_has_zero_variance():
+def test_eq5_inter_with_one_block_per_group_has_zero_variance():
     logits = make_blocks(seed=2, n=2)
     z = torch.tensor([0, 1])
     mu, _ = block_stats(logits)
@@ -94,7 +265,8 @@ def test_inter_with_one_block_per_group_has_zero_variance():
             for cls in range(2)
         ]
     )
-    assert lsr_loss(logits, z, ETA, RHO, mode="inter").item() == pytest.approx(expected, rel=1e-10)
+    got = lsr_loss(logits, z, ETA, RHO, mode="inter", distance="eq5")
+    assert got.item() == pytest.approx(expected, rel=1e-10)
     # zero variance: the distance is the log term alone
     assert expected == pytest.approx(0.5 * math.log(2 * math.pi * FLOOR))
 
@@ -127,7 +299,7 @@ def test_valid_mask_restricts_pixels_and_drops_empty_blocks():
 
 
 @pytest.mark.parametrize("mode", ["intra", "inter", "intra_inter"])
-@pytest.mark.parametrize("kind", ["eq5", "gaussian"])
+@pytest.mark.parametrize("kind", ["reference", "eq5", "gaussian"])
 def test_gradcheck_float64(mode, kind):
     logits = make_blocks(seed=5, h=2, w=2).requires_grad_(True)
     assert torch.autograd.gradcheck(
@@ -164,12 +336,12 @@ def test_eq5_has_a_collapsed_minimum_that_the_gaussian_distance_does_not(mode):
     collapsed = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
     collapsed[:, 0] = 40.0  # p(background) = 1 in every pixel of every block
     floor_value = 0.5 * math.log(2 * math.pi * FLOOR)
-    eq5 = lsr_loss(collapsed, Z, ETA, RHO, mode=mode)
+    eq5 = lsr_loss(collapsed, Z, ETA, RHO, mode=mode, distance="eq5")
     assert eq5.item() == pytest.approx(floor_value, abs=1e-9)
     # a prediction that matches every mean exactly is no better under Eq. 5/9...
     exact = torch.zeros(3, 2, 4, 4, dtype=torch.float64)
     exact[:, 1] = torch.logit(ETA[1, Z])[:, None, None]
-    assert lsr_loss(exact, Z, ETA, RHO, mode=mode).item() >= eq5.item() - 1e-12
+    assert lsr_loss(exact, Z, ETA, RHO, mode=mode, distance="eq5").item() >= eq5.item() - 1e-12
     # ...but it is under the Gaussian distance, by the means' squared misses over rho^2
     gauss_collapsed = lsr_loss(collapsed, Z, ETA, RHO, mode=mode, distance="gaussian")
     gauss_exact = lsr_loss(exact, Z, ETA, RHO, mode=mode, distance="gaussian")
@@ -251,7 +423,7 @@ def test_table_file_errors(tmp_path):
     zero_rho=st.booleans(),
     half=st.booleans(),
     seed=st.integers(0, 2**16),
-    kind=st.sampled_from(["eq5", "gaussian"]),
+    kind=st.sampled_from(["reference", "eq5", "gaussian"]),
 )
 def test_finite_for_finite_logits(scale, n, keep, mode, zero_rho, half, seed, kind):
     g = torch.Generator().manual_seed(seed)

@@ -1,40 +1,61 @@
 """Label super-resolution (LSR) losses: pixel masks from block-level labels.
 
 Zhao, Hou et al., "Label super resolution with inter-instance loss", arXiv 2019, Eq. 1-11 and
-Appendix A.
+Appendix A; Malkin et al., "Label super-resolution networks", ICLR 2019.
 Every image block k carries a low-resolution label z; for each high-resolution class l the table
 gives eta[l, z] and rho[l, z], the mean and standard deviation of the fraction of class-l pixels in
-blocks with label z. With p the softmax of the network over the valid pixels X_k of block k,
+blocks with label z (rho is scaled by alpha everywhere below, Appendix A, Eq. 17). With p the
+softmax of the network over the valid pixels X_k of block k,
 
-    mu_k = mean_{X_k} p,    sigma2_k = sum_{X_k} p (1 - p) / |X_k|^2          (Appendix Eq. 14/16)
+    mu_k = mean_{X_k} p,   v_k = sum_{X_k} p (1 - p) / |X_k|   (Eq. 3 as printed),
+    sigma2_k = v_k / |X_k| = sum_{X_k} p (1 - p) / |X_k|^2       (Appendix Eq. 14/16).
 
-and each statistic is matched to the table by the distance of Eq. 5 / Eq. 9,
+Three distances match these statistics to the table (``distance``):
 
-    D = 0.5 * sigma2 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2)^2 + 0.5 * log(2 pi (sigma2 + floor))
+- ``"reference"`` (the default): the interval distance of the reference LSR code (Malkin et al.,
+  ICLR 2019, as in calebrob6/land-cover's ``sr_loss``, Keras and PyTorch ports),
 
-(alpha: the paper's Appendix A scaling of rho; floor: the 0.03 both public reference codes add
-inside the log so that it stays bounded). This is ``distance="eq5"``, the default.
+      D = relu(|mu - eta| - rho)^2 / (sigma2 + rho^2 + 1e-6) + log(v + floor)
 
-Eq. 5/9 has a degenerate minimiser: at sigma2 = 0 the mean term vanishes whatever mu is, and the
-log term is smallest there, so a network that predicts the same saturated map for every block
-(sigma2 -> 0) reaches the global minimum 0.5 * log(2 pi floor) without matching any mean. On the
-HeLa LSR benchmark (docs/benchmarks) every Eq. 5/9 run ends there. ``distance="gaussian"`` is the
-negative log-likelihood of the table's mean under the predicted count distribution widened by the
-table's spread, -log N(eta; mu, (alpha*rho)^2 + sigma2), the Gaussian form of the original LSR
-networks (Malkin et al., ICLR 2019) that Zhao, Hou et al. extend:
+  with floor = ``variance_floor`` (0.03 there). A mean inside eta +- rho costs nothing; outside,
+  the miss is scaled by the table's and the prediction's spread (no sigma2 factor in the
+  numerator). The log term is the pixels' Bernoulli variance in Eq. 3's form: it rewards
+  confident pixels and cannot stand in for a missed mean, so a collapsed prediction pays for
+  every mean it misses. land-cover divides by |X|^2 in both places; here the log reads v and the
+  denominator sigma2 = v / |X| (Eq. 14), the split reported for Zhao, Hou et al.'s training code
+  (issue 13; that code was not available to check).
+- ``"eq5"``: Eq. 5 / Eq. 9 as published, with the floor inside the log,
 
-    D = 0.5 * (eta - mu)^2 / ((alpha * rho)^2 + sigma2) + 0.5 * log(2 pi ((alpha * rho)^2 + sigma2 + floor))
+      D = 0.5 * sigma2 * (eta - mu)^2 / (rho^2 + sigma2)^2 + 0.5 * log(2 pi (sigma2 + floor)).
 
-whose mean term grows as sigma2 shrinks, so a collapsed prediction pays for every missed mean.
+  Kept to reproduce the paper's formula; it does not train. Its minimum is collapsed: at
+  sigma2 = 0 the mean term vanishes whatever mu is and the log term is smallest, so a network
+  that predicts one saturated map for every block (sigma2 -> 0; in the inter mode: the same mean
+  for every block of a label) reaches the global minimum 0.5 * log(2 pi floor) without matching
+  any mean. Every Eq. 5/9 run of the HeLa LSR benchmark ended there (Dice 0).
+- ``"gaussian"``: -log N(eta; mu, rho^2 + sigma2), the negative log-likelihood of the table's mean
+  under the predicted count distribution widened by the table's spread (floor in the log),
+
+      D = 0.5 * (eta - mu)^2 / (rho^2 + sigma2) + 0.5 * log(2 pi (rho^2 + sigma2 + floor)).
+
+  It has no collapsed minimum, but nothing in it rewards confident pixels: a blurry map with
+  p = eta in every pixel matches every mean and is preferred to the true mask (it argmaxes to
+  background wherever eta < 0.5). A variant written for this package, not from either paper.
+
+Modes (``mode``) set which (mu, sigma2) are matched:
 
 - ``"intra"`` (Eq. 5): every block matches (mu_k, sigma2_k) on its own; a (l, z) group's distance
   is the mean of its blocks' distances.
-- ``"inter"`` (Eq. 9): the blocks of a (l, z) group in the batch are instances of one distribution:
-  mu = mean_k mu_k, sigma2 = mean_k (mu_k - mu)^2. A group of one block has variance 0.
+- ``"inter"`` (Eq. 8/9): the blocks of a (l, z) group in the batch are instances of one
+  distribution: mu = mean_k mu_k, sigma2 = mean_k (mu_k - mu)^2. A group of one block has
+  variance 0.
 - ``"intra_inter"`` (Eq. 11): sigma2 = mean_k sigma2_k + mean_k mu_k^2 - mu^2.
 
-In every mode the loss is the mean, over the (l, z) groups present in the batch, of the group's
-distance.
+In the inter modes the reference distance's log term stays the blocks' own confidence term,
+mean_k log(v_k + floor) (as in the intra mode; the group variance enters the denominator only). In
+every mode the loss is the mean, over the (l, z) groups present in the batch, of the group's
+distance (the reference codes sum over l; with a fixed number of classes that is a constant
+factor).
 """
 
 from __future__ import annotations
@@ -52,7 +73,8 @@ from sparse_ext.losses._validate import check_choice, check_positive, check_unit
 __all__ = ["LabelSuperResolutionLoss", "check_lsr_settings", "load_lsr_table", "lsr_loss"]
 
 MODES = ("intra", "inter", "intra_inter")
-DISTANCES = ("eq5", "gaussian")
+DISTANCES = ("reference", "eq5", "gaussian")
+_REFERENCE_EPS = 1e-6  # the reference codes' constant in the interval distance's denominator
 _TINY = 1e-12  # keeps D finite where rho = 0 and sigma2 = 0 (a table cell from a single block)
 
 
@@ -85,6 +107,13 @@ def _distance(
     )
 
 
+def _interval_term(mu: Tensor, sigma2: Tensor, eta: Tensor, rho: Tensor) -> Tensor:
+    """The reference distance's matching term, relu(|mu - eta| - rho)^2 / (sigma2 + rho^2 + 1e-6)
+    (Malkin et al., ICLR 2019; zero inside eta +- rho)."""
+    miss = torch.relu((mu - eta).abs() - rho)
+    return miss.square() / (sigma2 + rho.square() + _REFERENCE_EPS)
+
+
 def _table(eta: Tensor, rho: Tensor, num_classes: int, like: Tensor) -> tuple[Tensor, Tensor]:
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     eta = torch.as_tensor(eta, dtype=dtype, device=like.device)
@@ -111,7 +140,7 @@ def lsr_loss(
     alpha: float = 1.0,
     variance_floor: float = 0.03,
     valid_mask: Optional[Tensor] = None,
-    distance: str = "eq5",
+    distance: str = "reference",
 ) -> Tensor:
     """LSR statistics-matching loss (see the module docstring).
 
@@ -121,10 +150,12 @@ def lsr_loss(
         eta, rho: (L, Z) mean and standard deviation of class fractions per label.
         mode: ``"intra"``, ``"inter"`` or ``"intra_inter"``.
         alpha: scale of rho, in [0, 1] (Appendix A, Eq. 17).
-        variance_floor: added to the variance inside the log, > 0.
+        variance_floor: added to the variance inside the log, > 0 (0.03 in the reference codes).
         valid_mask: optional (N, H, W) bool, the pixels that belong to the block (padding and
             non-tissue excluded); blocks without a valid pixel are left out.
-        distance: ``"eq5"`` (Eq. 5/9 as published) or ``"gaussian"`` (no collapsed minimum).
+        distance: ``"reference"`` (the reference code's interval distance, the default),
+            ``"eq5"`` (Eq. 5/9 as published; collapsed minimum, does not train) or
+            ``"gaussian"`` (-log N(eta; mu, rho^2 + sigma2); prefers blurry maps).
 
     Returns a float32 scalar (float64 for float64 logits); a batch without any valid block gives a
     zero that keeps a ``grad_fn``.
@@ -170,10 +201,11 @@ def lsr_loss(
         return logits.sum() * 0.0
     count = count[keep]
     mu = (p * weight).sum(dim=(2, 3))[keep] / count
-    sigma2 = (p * (1 - p) * weight).sum(dim=(2, 3))[keep] / count.square()
+    v = (p * (1 - p) * weight).sum(dim=(2, 3))[keep] / count  # Eq. 3
+    sigma2 = v / count  # Eq. 14/16
     # one group per (class l, label z), index l * Z + z, matching eta.reshape(-1)
     group = (torch.arange(num_classes, device=z.device) * num_labels + z[keep]).reshape(-1)
-    mu, sigma2 = mu.reshape(-1), sigma2.reshape(-1)
+    mu, v, sigma2 = mu.reshape(-1), v.reshape(-1), sigma2.reshape(-1)
     eta, rho = eta.reshape(-1).to(p.dtype), alpha * rho.reshape(-1).to(p.dtype)
 
     def group_mean(values: Tensor) -> Tensor:
@@ -184,14 +216,24 @@ def lsr_loss(
     size.index_add_(0, group, torch.ones_like(mu))
     present = size > 0
     if mode == "intra":
-        per_block = _distance(mu, sigma2, eta[group], rho[group], variance_floor, distance)
+        if distance == "reference":
+            per_block = _interval_term(mu, sigma2, eta[group], rho[group]) + torch.log(
+                v + variance_floor
+            )
+        else:
+            per_block = _distance(mu, sigma2, eta[group], rho[group], variance_floor, distance)
         return group_mean(per_block)[present].mean()
     mean_mu = group_mean(mu)
-    if mode == "inter":
+    if mode == "inter":  # Eq. 8
         variance = group_mean((mu - mean_mu[group]).square())
-    else:
+    else:  # Eq. 11
         variance = (group_mean(sigma2) + group_mean(mu.square()) - mean_mu.square()).clamp_min(0)
-    per_group = _distance(mean_mu, variance, eta, rho, variance_floor, distance)
+    if distance == "reference":
+        per_group = _interval_term(mean_mu, variance, eta, rho) + group_mean(
+            torch.log(v + variance_floor)
+        )
+    else:
+        per_group = _distance(mean_mu, variance, eta, rho, variance_floor, distance)
     return per_group[present].mean()
 
 
@@ -235,7 +277,7 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: str = "intra_inter",
         alpha: float = 1.0,
         variance_floor: float = 0.03,
-        distance: str = "eq5",
+        distance: str = "reference",
     ) -> None:
         super().__init__()
         if isinstance(eta, (str, Path)):
