@@ -440,3 +440,34 @@ def test_finite_for_finite_logits(scale, n, keep, mode, zero_rho, half, seed, ki
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(logits.grad).all()
+
+
+def test_mmseg_loss_and_lsr_configs_default_to_reference_with_groupnorm():
+    """The MMSeg LabelSuperResolutionLoss defaults to the reference distance and equals the core
+    function; every LSR config trains with it and with GroupNorm (issue 13: BN's batch statistics
+    carry the label of GroupedBlockBatchSampler's one-label groups)."""
+    pytest.importorskip("mmseg")
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    from sparse_ext.mmseg.losses import LabelSuperResolutionLoss as MMSegLSR
+    from sparse_ext.mmseg.transforms import encode_block_label
+
+    table = {"eta": ETA.tolist(), "rho": RHO.tolist()}
+    module = MMSegLSR(table=table, mode="intra")
+    assert module.distance == "reference"
+    logits = make_blocks(seed=9, h=4, w=4).float()
+    label = torch.stack(
+        [torch.full((4, 4), encode_block_label([int(z)] * 2, 2) + 255) for z in Z]
+    ).int()
+    torch.testing.assert_close(
+        module(logits, label), lsr_loss(logits, Z, ETA.float(), RHO.float(), mode="intra")
+    )
+    configs = sorted((Path(__file__).parents[1] / "configs" / "mmseg").glob("*lsr*.py"))
+    assert len(configs) == 4
+    for path in configs:
+        cfg = Config.fromfile(str(path))
+        assert cfg.model.decode_head.loss_decode.distance == "reference", path.name
+        assert cfg.model.backbone.norm_cfg.type == "GN", path.name
+        assert cfg.model.decode_head.norm_cfg.type == "GN", path.name

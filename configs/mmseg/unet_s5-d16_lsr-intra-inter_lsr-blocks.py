@@ -1,6 +1,8 @@
 # Label super-resolution (Zhao, Hou et al., "Label super resolution with inter-instance loss"):
 # MMSeg's UNet trained from one low-resolution label per image block and the (eta, rho) table,
-# intra+inter-instance statistics matching (Eq. 11), 2 groups of 10 same-label blocks per batch.
+# intra+inter-instance statistics matching (Eq. 11) with the reference LSR code's interval distance
+# (distance="reference", Malkin et al., ICLR 2019; "eq5" is Eq. 5/9 as published and does not
+# train), 2 groups of 10 same-label blocks per batch.
 # Variants (differ by the loss line): unet_s5-d16_lsr-{intra,inter}_lsr-blocks.py, and
 # unet_s5-d16_lsr-intra-inter-highres_lsr-blocks.py ("& high res": plus CE on labelled pixels).
 # The stock FCN head passes the block-label map (LoadBlockLabel) to LabelSuperResolutionLoss;
@@ -13,7 +15,10 @@ _base_ = [
 ]
 custom_imports = dict(imports=["sparse_ext.mmseg"], allow_failed_imports=False)
 
-norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN -> BN: one CPU/GPU
+# GroupNorm, not BatchNorm: GroupedBlockBatchSampler fills each batch with 2 groups of one label
+# each, so BN's batch statistics carry the label (issue 13: every BN run was erratic, GN trained).
+# 8 groups divide every UNet/FCN width from base_channels 8 up.
+norm_cfg = dict(type="GN", num_groups=8, requires_grad=True)
 data_preprocessor = dict(size_divisor=16, test_cfg=dict(size_divisor=16))
 model = dict(
     data_preprocessor=data_preprocessor,
@@ -26,6 +31,7 @@ model = dict(
             type="LabelSuperResolutionLoss",
             table={{_base_.lsr_table}},
             mode="intra_inter",
+            distance="reference",
             alpha=1.0,
             loss_weight=1.0,
         ),

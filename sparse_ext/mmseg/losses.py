@@ -381,8 +381,10 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: "intra", "inter" or "intra_inter".
         alpha: scale of rho, in [0, 1] (Appendix A, Eq. 17).
         variance_floor: keeps the log term bounded, > 0 (both reference codes use 0.03).
-        distance: "eq5" (Eq. 5/9 as published) or "gaussian" (no collapsed minimum; see
-            :mod:`sparse_ext.losses.label_super_resolution`).
+        distance: "reference" (default: the reference LSR code's interval distance, Malkin
+            et al., ICLR 2019), "eq5" (Eq. 5/9 as published; its minimum is collapsed, it does
+            not train) or "gaussian" (-log N(eta; mu, rho^2 + sigma2); prefers blurry maps); see
+            :mod:`sparse_ext.losses.label_super_resolution`.
         highres_weight: weight of the high-res CE term; 0 disables it.
         loss_weight: weight of the loss.
         loss_name: name of the loss item (``loss_`` prefix).
@@ -394,7 +396,7 @@ class LabelSuperResolutionLoss(nn.Module):
         mode: str = "intra_inter",
         alpha: float = 1.0,
         variance_floor: float = 0.03,
-        distance: str = "eq5",
+        distance: str = "reference",
         highres_weight: float = 0.0,
         loss_weight: float = 1.0,
         loss_name: str = "loss_lsr",
