@@ -471,3 +471,54 @@ def test_mmseg_loss_and_lsr_configs_default_to_reference_with_groupnorm():
         assert cfg.model.decode_head.loss_decode.distance == "reference", path.name
         assert cfg.model.backbone.norm_cfg.type == "GN", path.name
         assert cfg.model.decode_head.norm_cfg.type == "GN", path.name
+
+
+@pytest.mark.parametrize("bright", [True, False])
+def test_label_calibrated_threshold_baseline_reads_labels_and_table_only(tmp_path, bright):
+    """The LSR benchmark's ``threshold`` floor: one global grey threshold and its polarity from
+    the training blocks, their labels and the table (sparse_ext.benchmark.lsr). Blocks hold a
+    disc of grey 170 (or 40 on 200 when dark) on 70 with noise < 20: the chosen threshold must
+    separate the two, and it is applied to the test frames with that polarity."""
+    pytest.importorskip("skimage")
+    from skimage.io import imsave
+
+    from sparse_ext.benchmark.lsr import threshold_from_block_labels, threshold_predictions
+    from sparse_ext.data import make_lsr_blocks
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    fg, bg = (170, 70) if bright else (40, 200)
+    for split, n in (("train", 3), ("test", 1)):
+        for d in ("images", "masks"):
+            (tmp_path / d / split).mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((64, 64), np.uint8)
+            for cy, cx, r in rng.uniform((4, 4, 3), (60, 60, 11), (6, 3)):
+                mask |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+            img = np.where(mask, fg, bg) + rng.integers(0, 20, (64, 64))
+            imsave(
+                tmp_path / "images" / split / f"f{i}.png",
+                img.astype(np.uint8),
+                check_contrast=False,
+            )
+            imsave(tmp_path / "masks" / split / f"f{i}.png", mask, check_contrast=False)
+    lsr_root = tmp_path / "lsr"
+    make_lsr_blocks(
+        tmp_path / "images" / "train",
+        tmp_path / "masks" / "train",
+        lsr_root / "train",
+        block=16,
+        bins=4,
+        verbose=False,
+    )
+    t, got_bright = threshold_from_block_labels(str(lsr_root))
+    assert got_bright == bright, t
+    if bright:
+        assert bg + 19 <= t < fg  # grey > t: every disc pixel, no background pixel
+    else:
+        assert fg + 19 < t <= bg
+    pred = threshold_predictions(str(tmp_path), t, got_bright)["f0"]
+    from skimage.io import imread
+
+    truth = imread(tmp_path / "masks" / "test" / "f0.png")
+    np.testing.assert_array_equal(pred, truth.astype(np.int64))

@@ -5,25 +5,36 @@ low-resolution label per image block plus the table of (eta, rho) = mean and sta
 of each class's pixel fraction per label. Here the blocks and labels come from
 ``make_lsr_blocks`` on the training frames of a ``sparse-ext data fetch`` dataset with the
 exhaustive nucleus masks: z = the block's nucleus fraction quantised into ``bins`` bins, the table
-by mask estimation (their Appendix B.2); the masks are used for nothing else. Each run trains
-``configs/mmseg/unet_s5-d16_lsr-*_lsr-blocks.py`` (the loss is the only difference) and predicts
-the full held-out test frames. Scores: foreground Dice/IoU (pixels pooled over the frames) and
+by mask estimation (their Appendix B.2); the masks are used for nothing else, except by the
+``ce_full`` ceiling (cross-entropy on the blocks' masks). Each run trains
+``configs/mmseg/unet_s5-d16_lsr-*_lsr-blocks.py`` (GroupNorm UNet; the loss is the only
+difference) and predicts the full held-out test frames. Scores: foreground Dice/IoU (pixels pooled over the frames) and
 masked Dice/IoU, the same restricted to pixels within ``band_width`` of the reference nucleus
 boundaries (their Sec. 3.2.2: where super-resolution has to place the boundary).
 
-``lowres`` is the paper's "low resolution model" with a perfect block classifier: every test block
-gets its true label z (from the reference mask) and all its pixels the class the table says is in
-the majority for z (nucleus iff eta[nucleus][z] >= 0.5). It trains nothing: it is what block
-labels alone can give.
+Two specs train nothing (no config; the spec's name picks them):
+
+- ``lowres`` is the paper's "low resolution model" with a perfect block classifier: every test
+  block gets its true label z (from the reference mask) and all its pixels the class the table
+  says is in the majority for z (nucleus iff eta[nucleus][z] >= 0.5): what block labels alone
+  can give.
+- ``threshold`` is the label-calibrated intensity threshold (issue 13): ONE global grey-level
+  threshold, and its polarity (nucleus brighter or darker), chosen from the training blocks, their
+  labels z and the table alone (:func:`threshold_from_block_labels`: the grey level that leaves
+  the table's expected nucleus share, mean_k eta[nucleus][z_k], of the training pixels on the
+  nucleus side), then applied to the full test frames. A trained LSR model has to beat it to show that it learned
+  more than the stain's brightness.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
+import json
 import os
 import shutil
 import time
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
@@ -31,7 +42,15 @@ from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.mmengine_runs import apply_profile, configure_run, load_config
 from sparse_ext.benchmark.seg import pooled_dice_iou, train_and_evaluate
 
-__all__ = ["build_config", "lowres_predictions", "prepare_lsr_blocks", "run", "score_lsr"]
+__all__ = [
+    "build_config",
+    "lowres_predictions",
+    "prepare_lsr_blocks",
+    "run",
+    "score_lsr",
+    "threshold_from_block_labels",
+    "threshold_predictions",
+]
 
 NUCLEUS = 1
 
@@ -138,16 +157,87 @@ def lowres_predictions(data_root: str, table_file: str, block: int) -> Dict[str,
     return out
 
 
+def _grey(image: np.ndarray) -> np.ndarray:
+    return np.asarray(image if image.ndim == 2 else image[..., :3].mean(-1), np.float64)
+
+
+def threshold_from_block_labels(lsr_root: str, nucleus: int = NUCLEUS) -> Tuple[float, bool]:
+    """One global intensity threshold and its polarity from the LSR training blocks, their block
+    labels and the (eta, rho) table only (no pixel label is read).
+
+    The table's means give the expected nucleus share of the training pixels,
+    s = sum_k |X_k| eta[nucleus, z_k] / sum_k |X_k|; the threshold leaves that share of the
+    pooled block pixels on the nucleus side: above t for bright nuclei, below t for dark ones.
+    The polarity is the one whose per-block nucleus fractions match eta[nucleus, z_k] better
+    (least squares over the blocks). Returns (t, bright): nucleus = grey > t if bright, else
+    grey < t.
+    """
+    from sparse_ext.data.io import read_image
+
+    train = os.path.join(lsr_root, "train")
+    with open(os.path.join(train, "table.json")) as f:
+        table = json.load(f)
+    eta = np.asarray(table["eta"], np.float64)[nucleus]
+    classes = [str(c) for c in table.get("classes", range(len(table["eta"])))]
+    with open(os.path.join(train, "block_labels.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    column = header.index("z") if "z" in header else header.index(f"z_{classes[nucleus]}")
+    blocks, targets = [], []
+    for row in rows:
+        name = row[0].strip()
+        path = os.path.join(train, "blocks", name if name.endswith(".png") else name + ".png")
+        blocks.append(np.sort(_grey(read_image(path)).ravel()))
+        targets.append(eta[int(row[column])])
+    if not blocks:
+        raise ValueError(f"no labelled blocks in {train}/block_labels.csv")
+    sizes = np.array([b.size for b in blocks], np.float64)
+    pooled = np.sort(np.concatenate(blocks))
+    n = pooled.size
+    m = int(np.clip(round(float(np.dot(sizes, targets))), 1, n - 1))  # expected nucleus pixels
+    options = ((float(pooled[n - m - 1]), True), (float(pooled[m]), False))
+
+    def cost(t: float, bright: bool) -> float:
+        share = [
+            1.0 - np.searchsorted(b, t, side="right") / b.size
+            if bright
+            else np.searchsorted(b, t, side="left") / b.size
+            for b in blocks
+        ]
+        return float(np.mean((np.asarray(share) - np.asarray(targets)) ** 2))
+
+    return min(options, key=lambda option: cost(*option))
+
+
+def threshold_predictions(data_root: str, t: float, bright: bool) -> Dict[str, np.ndarray]:
+    """The threshold applied to the full test frames (grey levels; RGB averaged)."""
+    from sparse_ext.data.io import read_image
+
+    out: Dict[str, np.ndarray] = {}
+    for path in sorted(glob.glob(os.path.join(data_root, "images", "test", "*.png"))):
+        grey = _grey(read_image(path))
+        out[os.path.splitext(os.path.basename(path))[0]] = (
+            (grey > t) if bright else (grey < t)
+        ).astype(np.int64)
+    if not out:
+        raise FileNotFoundError(f"no test frames under {data_root}/images/test")
+    return out
+
+
 def run(ctx: RunContext) -> Dict[str, Any]:
-    """One LSR run (or the ``lowres`` baseline when the spec has no config); the CSV row's
-    results."""
+    """One LSR run, or the untrained ``lowres`` / ``threshold`` baseline when the spec has no
+    config; the CSV row's results."""
     block, bins = int(ctx.profile["block"]), int(ctx.profile["bins"])
     band_width = float(ctx.profile["band_width"])
     lsr_root = prepare_lsr_blocks(ctx.data_root, ctx.derived_data_dir, block, bins)
     if not ctx.spec.config:
         start = time.perf_counter()
-        table = os.path.join(lsr_root, "train", "table.json")
-        preds = lowres_predictions(ctx.data_root, table, block)
+        if ctx.spec.name == "threshold":
+            t, bright = threshold_from_block_labels(lsr_root)
+            preds = threshold_predictions(ctx.data_root, t, bright)
+        else:
+            table = os.path.join(lsr_root, "train", "table.json")
+            preds = lowres_predictions(ctx.data_root, table, block)
         metrics = score_lsr(preds, ctx.data_root, band_width)
         return dict(seconds=time.perf_counter() - start, sec_per_iter=float("nan"), **metrics)
     result = train_and_evaluate(build_config(ctx, lsr_root), ctx.data_root, verbose=ctx.verbose)
