@@ -209,6 +209,32 @@ def test_ece_layouts_masks_and_ignore_indices_equal_reference(case, focal):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "ignore_index, ignored_value, bad_value",
+    [
+        (255, 255, 7),  # labels compared as bytes
+        (255, 255, 300),  # a label above a byte: compared as floats
+        (-100, -100, -5),  # a negative ignore_index: floats
+        (1000, 1000, 4),  # an ignore_index above a byte: floats
+        (1000, None, 9),  # ... and none ignored: every label a class, nothing to count
+        (255, None, -1),
+    ],
+)
+def test_ece_target_check_and_count_on_every_path(ignore_index, ignored_value, bad_value):
+    logits, target = ece_inputs((2, 5, 6), 3, seed=29, ignore_index=ignore_index)
+    if ignored_value is None:
+        target[target == ignore_index] = 0
+    for kw in (dict(rho=0.5), dict(rho=0.5, focal_gamma=2.0), dict(rho=0.5, reduction="sum")):
+        kw["ignore_index"] = ignore_index
+        got = value_and_grads(lambda x, kw=kw: exclusive_cross_entropy(x, target, **kw), logits)
+        want = value_and_grads(lambda x, kw=kw: reference_ece(x, target, **kw), logits)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        bad = target.clone()
+        bad[1, 2, 3] = bad_value
+        with pytest.raises(ValueError, match=rf"class indices in \[0, 3\).*{bad_value}"):
+            exclusive_cross_entropy(logits, bad, **kw)
+
+
 def test_ece_channels_last_input_keeps_its_values():
     logits, target = ece_inputs((2, 5, 6), 3, seed=5, dtype=torch.float32)
     cl = logits.contiguous(memory_format=torch.channels_last)

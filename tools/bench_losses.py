@@ -20,9 +20,10 @@ met when both are within it. ROI-sized calls are repeated ``--roi-repeats`` time
     .venv/bin/python tools/bench_losses.py            # 40 rounds, 1 thread
     .venv/bin/python tools/bench_losses.py --rounds 40 --threads 2
 
-One thread by default: on a small shared machine, OpenMP's workers wait on each other whenever
-another job holds a core, and two-thread timings scatter by several times (see
-docs/benchmarks/loss_speed.md).
+Times are the process's CPU time by default (``--clock cpu``): on a small machine shared with
+other jobs, elapsed time mostly measures the other jobs (``--clock wall`` gives it). One thread
+by default: with two, OpenMP's workers wait on each other whenever another job holds a core,
+and timings scatter by several times (see docs/benchmarks/loss_speed.md).
 
 Not a test: it prints numbers, and the speed targets of issue 14 beside them (CPU).
 """
@@ -116,12 +117,16 @@ def build_cases(target: torch.Tensor, n_blocks: int, n_classes: int, labels: tor
     return cases
 
 
-def time_once(fn: Callable, logits: torch.Tensor, repeats: int = 1) -> float:
-    start = time.perf_counter()
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def time_once(fn: Callable, logits: torch.Tensor, repeats: int = 1, clock: str = "cpu") -> float:
+    now = CLOCKS[clock]
+    start = now()
     for _ in range(repeats):
         loss = fn(logits)
         (grad,) = torch.autograd.grad(loss, logits)
-    elapsed = (time.perf_counter() - start) / repeats
+    elapsed = (now() - start) / repeats
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
     return elapsed
 
@@ -139,6 +144,13 @@ def main() -> None:
     parser.add_argument("--rois", type=int, nargs=2, default=(4096, 3), metavar=("N", "K+1"))
     parser.add_argument("--roi-repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="cpu",
+        help="cpu: the process's CPU time (what the losses cost, whatever else runs); "
+        "wall: elapsed time",
+    )
     parser.add_argument("--only", nargs="*", help="substrings of the loss names to time")
     args = parser.parse_args()
 
@@ -165,7 +177,7 @@ def main() -> None:
         this_round = {}
         for name in order:
             group = cases[name].group
-            this_round[name] = time_once(cases[name].fn, inputs[group], repeats[group])
+            this_round[name] = time_once(cases[name].fn, inputs[group], repeats[group], args.clock)
         if r < args.warmup:
             continue
         for name, t in this_round.items():
@@ -175,7 +187,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, dense logits "
         f"{tuple(args.shape)}, roi logits {tuple(args.rois)} (x{args.roi_repeats} per timing), "
-        f"{args.rounds} interleaved rounds; lower quartile over rounds"
+        f"{args.rounds} interleaved rounds, {args.clock} clock; lower quartile over rounds"
     )
     print(
         f"{'loss':40s} {'group':>5s} {'fwd+bwd ms':>10s} {'x CE':>6s} {'per round':>9s} "
