@@ -212,11 +212,11 @@ def test_ece_layouts_masks_and_ignore_indices_equal_reference(case, focal):
 @pytest.mark.parametrize(
     "ignore_index, ignored_value, bad_value",
     [
-        (255, 255, 7),  # labels compared as bytes
-        (255, 255, 300),  # a label above a byte: compared as floats
-        (-100, -100, -5),  # a negative ignore_index: floats
-        (1000, 1000, 4),  # an ignore_index above a byte: floats
-        (1000, None, 9),  # ... and none ignored: every label a class, nothing to count
+        (255, 255, 7),
+        (255, 255, 300),
+        (-100, -100, -5),  # PyTorch's default ignore_index
+        (1000, 1000, 4),
+        (1000, None, 9),  # none ignored
         (255, None, -1),
     ],
 )
