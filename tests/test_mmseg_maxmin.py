@@ -116,6 +116,72 @@ def test_sem_and_no_regulariser_switch(cfg):
     assert "loss_bg_reg" in keys["sem"] and "loss_bg_reg" not in keys[None]
 
 
+def test_cam_objective_trains_the_localizer_alone_and_classifies_with_it(cfg):
+    """objective='cam' (Table 4's 'Wildcat' row): no classifier, the localizer's WILDCAT CE is
+    the whole loss, and the image class comes from the localizer's pooled logits."""
+    m = _tiny(cfg.model)
+    m.objective = "cam"
+    torch.manual_seed(0)
+    model = MODELS.build(m)
+    assert model.classifier is None
+    assert not any("classifier" in name for name, _ in model.named_parameters())
+    data = model.data_preprocessor(_batch(), training=True)
+    torch.manual_seed(1)  # the same dropout mask in both forward passes
+    losses = model.loss(**data)
+    assert set(losses) == {"loss_loc_cls"} and torch.isfinite(losses["loss_loc_cls"])
+    torch.manual_seed(1)
+    _, loc_logits = model.localize(data["inputs"])
+    want = torch.nn.functional.cross_entropy(loc_logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(losses["loss_loc_cls"], want)
+    losses["loss_loc_cls"].backward()
+    assert _grad_norm(model.backbone) > 0 and _grad_norm(model.decode_head) > 0
+    model.eval()
+    with torch.no_grad():
+        (res,) = model.val_step(_batch((1,)))
+        data = model.data_preprocessor(_batch((1,)), training=False)
+        mask, loc_logits = model._forward(data["inputs"])
+    torch.testing.assert_close(res.pred_img_scores, loc_logits[0].softmax(0))
+    assert torch.equal(res.pred_sem_seg.data[0], (mask[0, 0] > 0.5).long())
+    m.objective = "wildcat"
+    with pytest.raises(ValueError, match="objective"):
+        MODELS.build(m)
+
+
+def test_ablation_specs_wire_table_4_rows(cfg):
+    """The maxmin benchmark specs (Belharbi et al. Table 4) build the models they name: CAM,
+    FG only, FG + BG (EEM/SEM) with and without the absolute size constraints (ASC), all with
+    the config's GlaS settings unless the spec says otherwise."""
+    from sparse_ext.benchmark.specs import DEFAULT_LOSSES, LOSSES
+
+    assert {"cam", "fg", "fg_bg_eem", "eem", "sem"} <= set(DEFAULT_LOSSES["maxmin"])
+    expect = {  # name: (objective, regularizer, ASC on, lambda)
+        "cam": ("cam", "eem", True, 1e-7),
+        "fg": ("maxmin", None, False, 1e-7),
+        "fg_bg_eem": ("maxmin", "eem", False, 1e-7),
+        "eem": ("maxmin", "eem", True, 1e-7),
+        "fg_bg_sem": ("maxmin", "sem", False, 1e-7),
+        "sem": ("maxmin", "sem", True, 1e-7),
+        "none": ("maxmin", None, True, 1e-7),
+        "eem_lam1e-1": ("maxmin", "eem", True, 0.1),
+    }
+    assert set(LOSSES["maxmin"]) == set(expect)
+    data = None
+    for name, (objective, regularizer, asc, lam) in expect.items():
+        c = copy.deepcopy(cfg)
+        c.merge_from_dict(copy.deepcopy(LOSSES["maxmin"][name].overrides))
+        model = MODELS.build(_tiny(c.model))
+        assert (model.objective, model.regularizer, model.lam) == (objective, regularizer, lam)
+        assert (model.size_weight > 0) == asc, name
+        assert model.barrier_cfg == dict(t0=5.0, factor=1.01, t_max=10.0), name
+        assert model.mask_cfg == dict(omega=5.0, sigma=0.15), name
+        data = data or model.data_preprocessor(_batch(), training=True)
+        losses = model.loss(**data)
+        if objective == "cam":
+            continue
+        assert ("loss_bg_reg" in losses) == (regularizer is not None), name
+        assert (float(losses["loss_size"]) != 0.0) == asc, name
+
+
 def test_barrier_t_follows_epochs_and_progress(cfg, model):
     assert cfg.model.barrier.epochs == cfg.train_cfg.max_epochs == 80
     model.set_epoch(10)

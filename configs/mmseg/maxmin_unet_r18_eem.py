@@ -3,6 +3,8 @@
 #
 #   SEM instead of EEM:   --cfg-options model.regularizer=sem
 #   no regulariser:       --cfg-options model.regularizer=None
+#   no size barrier:      --cfg-options model.size_weight=0  (Table 4 without "ASC")
+#   classifier-only CAM:  --cfg-options model.objective=cam  (Table 4 "Wildcat": localizer CE only)
 #   data:                 --cfg-options train_dataloader.dataset.data_root=DATA
 #                         val_dataloader.dataset.data_root=DATA test_dataloader.dataset.data_root=DATA
 #

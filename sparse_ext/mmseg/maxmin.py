@@ -22,6 +22,11 @@ arithmetic is in :mod:`sparse_ext.losses.maxmin_objective` and :mod:`sparse_ext.
 - Predict: ``pred_sem_seg`` is the foreground mask (M+ > 0.5, i.e. normalised activation >
   sigma), ``seg_logits`` holds (M-, M+); ``pred_img_label`` / ``pred_img_scores`` the class and
   softmax of the classifier on x+ (Algorithm 1, test phase).
+- ``objective="cam"``: the classifier-only CAM baseline of the paper's ablation (Table 4,
+  "Wildcat"): the localizer alone, trained with the cross-entropy of its WILDCAT-pooled image
+  logits; no classifier is built, the image class is the localizer's, and the mask is the same
+  Eq. 12 pseudo-binarisation of the class-agnostic activation, so that the comparison is about
+  training, not post-processing.
 
 Image classes reach the model as ``data_sample.metainfo['img_label']`` (see
 ``ImageLabelDataset``; add ``'img_label'`` to ``PackSegInputs``' ``meta_keys``).
@@ -33,11 +38,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmseg.models.segmentors import BaseSegmentor
 from mmseg.registry import MODELS
 from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList, SampleList
 from torch import Tensor
 
+from sparse_ext.losses._validate import check_choice
 from sparse_ext.losses.maxmin_objective import (
     barrier_t,
     class_agnostic_activation,
@@ -100,6 +107,9 @@ class MaxMinSegmentor(BaseSegmentor):
             epochs that training progress 0..1 spans in ``set_progress`` (None: t stays at t0).
         auxiliary_head: must be None (accepted so that MMSeg's model base configs can be reused).
         pretrained: checkpoint of the localizer backbone, as in ``EncoderDecoder``.
+        objective: "maxmin" (Eq. 7 + the localizer's CE) or "cam" (the localizer's CE alone,
+            WILDCAT-style; ``classifier``, ``regularizer``, ``lam``, ``size_weight``,
+            ``localizer_weight`` and ``barrier`` are then unused and no classifier is built).
     """
 
     def __init__(
@@ -122,8 +132,10 @@ class MaxMinSegmentor(BaseSegmentor):
         data_preprocessor: OptConfigType = None,
         pretrained: Optional[str] = None,
         init_cfg: OptMultiConfig = None,
+        objective: str = "maxmin",
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.objective = check_choice("objective", objective, ("maxmin", "cam"))
         if auxiliary_head is not None:
             raise ValueError(
                 "MaxMinSegmentor has no auxiliary head (there are no pixel labels to train it): "
@@ -149,7 +161,11 @@ class MaxMinSegmentor(BaseSegmentor):
                 f"class activation map per image class (num_classes={num_classes})"
             )
         self.align_corners = self.decode_head.align_corners
-        self.classifier = MaxMinClassifier(num_classes=num_classes, **classifier)
+        self.classifier = (
+            MaxMinClassifier(num_classes=num_classes, **classifier)
+            if self.objective == "maxmin"
+            else None
+        )
         self.num_classes = num_classes
         self.regularizer = regularizer
         self.lam = lam
@@ -219,6 +235,8 @@ class MaxMinSegmentor(BaseSegmentor):
                 f"image labels {sorted(set(labels.tolist()))} outside 0..{self.num_classes - 1}"
             )
         mask, loc_logits = self.localize(inputs)
+        if self.objective == "cam":
+            return {"loss_loc_cls": F.cross_entropy(loc_logits, labels)}
         losses = maxmin_objective(
             inputs,
             mask,
@@ -235,8 +253,9 @@ class MaxMinSegmentor(BaseSegmentor):
         return losses
 
     def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
-        mask, _ = self.localize(inputs)
-        scores = self.classifier(inputs * mask).softmax(dim=1)
+        mask, loc_logits = self.localize(inputs)
+        logits = loc_logits if self.classifier is None else self.classifier(inputs * mask)
+        scores = logits.softmax(dim=1)
         results = self.postprocess_result(torch.cat([1.0 - mask, mask], dim=1), data_samples)
         for res, score in zip(results, scores):
             res.pred_img_scores = score.detach()
@@ -244,6 +263,9 @@ class MaxMinSegmentor(BaseSegmentor):
         return results
 
     def _forward(self, inputs: Tensor, data_samples: OptSampleList = None) -> Tuple[Tensor, ...]:
-        """Foreground mask, localizer logits and classifier logits on x+ (no post-processing)."""
+        """Foreground mask, localizer logits and classifier logits on x+ (no post-processing;
+        ``objective="cam"``: mask and localizer logits)."""
         mask, loc_logits = self.localize(inputs)
+        if self.classifier is None:
+            return mask, loc_logits
         return mask, loc_logits, self.classifier(inputs * mask)
