@@ -26,10 +26,13 @@ require("mmseg", hint=MMSEG_HINT)
 # tiny runs: 32x32 crops of 64x64 frames, UNet width 8, batch 2
 TINY = dict(crop=32, unet_base_channels=8, batch_size=2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the committed results (docs/benchmarks/history/ keeps rows of recipes since changed)
+# the committed results, except history/ (rows of recipes since changed) and demo/ (the demo's own
+# table, rewritten by every demo run)
 DOC_CSVS = sorted(
-    glob.glob(os.path.join(REPO, "docs", "benchmarks", "*.csv"))
-    + glob.glob(os.path.join(REPO, "docs", "benchmarks", "seg_*", "*.csv"))
+    path
+    for path in glob.glob(os.path.join(REPO, "docs", "benchmarks", "**", "*.csv"), recursive=True)
+    if os.path.relpath(path, os.path.join(REPO, "docs", "benchmarks")).split(os.sep)[0]
+    not in ("history", "demo")
 )
 
 
