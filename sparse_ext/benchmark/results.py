@@ -48,7 +48,21 @@ BASE_COLUMNS = (
 TAIL_COLUMNS = ("config", "overrides", "started_utc", "session", "error")
 METRIC_COLUMNS: Dict[str, Tuple[str, ...]] = {
     "seg": ("dice", "iou", "aji", "object_f1", "object_precision", "object_recall"),
-    "det": ("f1", "precision", "recall", "ap", "ap50"),
+    "det": (
+        "f1",
+        "precision",
+        "recall",
+        "ap",
+        "ap50",
+        "f1_valthr",
+        "val_threshold",
+        "average_recall",
+        "average_precision",
+        "best_f1",
+        "val_recall",
+        "val_average_recall",
+        "val_f1",
+    ),
     "lsr": ("dice", "iou", "masked_dice", "masked_iou"),
     "maxmin": ("f1_plus", "f1_minus", "cls_error", "dice"),
 }
