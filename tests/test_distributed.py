@@ -556,9 +556,9 @@ def _d2_main(json_file: str, image_root: str, out_dir: str, iters: int) -> None:
     from detectron2.data import build_detection_train_loader
     from detectron2.engine import HookBase, SimpleTrainer, create_ddp_model
     from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
 
-    from sparse_ext.detectron2 import load_sparse_config, register_partial_coco
+    # the recipes clip the whole model's gradient norm (CLIP_TYPE full_model)
+    from sparse_ext.detectron2 import build_optimizer, load_sparse_config, register_partial_coco
 
     torch.set_num_threads(1)
     register_partial_coco("dist_cells", json_file, image_root)
