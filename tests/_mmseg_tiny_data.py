@@ -150,6 +150,29 @@ def tiny_runtime_options(
     return opts
 
 
+def tiny_lsr_options(work_dir: str, data_root: str, iters: int = 2) -> dict:
+    """Runtime options for the LSR block configs on blocks from :func:`write_lsr_blocks`: width 8,
+    batches of two groups of two same-label blocks, whole blocks (no resize or sliding window)."""
+    opts = tiny_runtime_options(work_dir, iters=iters, partial_nuclei=False)
+    for key in (
+        "model.data_preprocessor.size",
+        "model.test_cfg.crop_size",
+        "model.test_cfg.stride",
+    ):
+        opts.pop(key)
+    opts.update(
+        {
+            "data_root": data_root,
+            "model.backbone.base_channels": 8,
+            "model.decode_head.in_channels": 8,
+            "model.decode_head.channels": 8,
+            "train_dataloader.batch_size": 4,
+            "train_dataloader.batch_sampler.group_size": 2,
+        }
+    )
+    return opts
+
+
 def cfg_options_argv(options: dict) -> List[str]:
     """A dict of options as ``--cfg-options`` argv words (values through repr)."""
     words = []

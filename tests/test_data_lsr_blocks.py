@@ -71,13 +71,15 @@ def test_mask_estimation_table_matches_hand_computation(tiny):
     t = json.loads((out / "table.json").read_text())
     assert t["classes"] == ["background", "nucleus"] and t["labels"] == [0, 1, 2]
     nuc_eta = [1 / 9, (3 / 9 + 4 / 9) / 2, (6 / 9 + 1) / 2]
-    nuc_rho = [0.0, 1 / 18, 1 / 6]  # population std of {3/9, 4/9} and {6/9, 9/9}
+    # z = 0 has one block: the within-bin std 1 / (3 sqrt(12)); then the population std of
+    # {3/9, 4/9} and {6/9, 9/9}
+    nuc_rho = [1 / (3 * np.sqrt(12)), 1 / 18, 1 / 6]
     np.testing.assert_allclose(t["eta"][1], nuc_eta, atol=1e-12)
     np.testing.assert_allclose(t["rho"][1], nuc_rho, atol=1e-12)
     np.testing.assert_allclose(t["eta"][0], 1 - np.array(nuc_eta), atol=1e-12)
     np.testing.assert_allclose(t["rho"][0], nuc_rho, atol=1e-12)
     assert t["counts"] == [[1, 2, 2], [1, 2, 2]]
-    assert any("one block only" in n for n in t["notes"])
+    assert any("one block only" in n and "'nucleus', 0)" in n for n in t["notes"])
 
 
 def test_per_class_labels(tiny):
@@ -93,7 +95,8 @@ def test_per_class_labels(tiny):
     np.testing.assert_allclose(
         t["eta"][0], [0.0, (3 / 9 + 5 / 9) / 2, (6 / 9 + 8 / 9) / 2], atol=1e-12
     )
-    np.testing.assert_allclose(t["rho"][0], [0.0, 1 / 9, 1 / 9], atol=1e-12)
+    # z 0 holds one block (background 0/9): the within-bin std 1 / (3 sqrt(12))
+    np.testing.assert_allclose(t["rho"][0], [1 / (3 * np.sqrt(12)), 1 / 9, 1 / 9], atol=1e-12)
     np.testing.assert_allclose(t["eta"][1], [1 / 9, 7 / 18, 5 / 6], atol=1e-12)
 
 

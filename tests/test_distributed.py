@@ -478,31 +478,13 @@ def test_mmseg_train_tool_two_processes_lsr_grouped_batches(tmp_path):
     pytest.importorskip("mmseg")
     import csv
 
-    from _mmseg_tiny_data import tiny_runtime_options, write_lsr_blocks
+    from _mmseg_tiny_data import tiny_lsr_options, write_lsr_blocks
 
     root = tmp_path / "lsr"
     labels = {f"f0_r{i}_c0": i % 2 for i in range(12)}
     write_lsr_blocks(root / "train", labels, block=32, num_labels=2)
-    opts = tiny_runtime_options(str(tmp_path / "work"), iters=2, partial_nuclei=False)
-    for key in (
-        "model.data_preprocessor.size",
-        "model.test_cfg.crop_size",
-        "model.test_cfg.stride",
-    ):
-        opts.pop(key)
-    opts.update(
-        {
-            "data_root": str(root),
-            "model.backbone.base_channels": 8,
-            "model.decode_head.in_channels": 8,
-            "model.decode_head.channels": 8,
-            "train_dataloader.batch_size": 4,
-            "train_dataloader.batch_sampler.group_size": 2,
-            "val_cfg": None,
-            "val_dataloader": None,
-            "val_evaluator": None,
-        }
-    )
+    opts = tiny_lsr_options(str(tmp_path / "work"), str(root))
+    opts.update({"val_cfg": None, "val_dataloader": None, "val_evaluator": None})
     records = _mmseg_torchrun(tmp_path, "unet_s5-d16_lsr-intra-inter_lsr-blocks.py", opts)
     _check_ddp_records(records, 2, "decode.loss_lsr")
     with open(root / "train" / "block_labels.csv") as f:

@@ -22,7 +22,7 @@ from _mmseg_tiny_data import (  # noqa: E402
     CONFIGS,
     REPO,
     cfg_options_argv,
-    tiny_runtime_options,
+    tiny_lsr_options,
     tiny_unet_options,
     write_lsr_blocks,
     write_partial_nuclei,
@@ -125,23 +125,7 @@ def test_lsr_intra_inter_train_and_test_through_tools(tmp_path):
         write_lsr_blocks(root / split, {"v_r0_c0": 1, "v_r1_c0": 0}, block=32, num_labels=2)
     work = tmp_path / "work"
     config = str(CONFIGS / "unet_s5-d16_lsr-intra-inter_lsr-blocks.py")
-    opts = tiny_runtime_options(str(work), iters=2, partial_nuclei=False)
-    for key in (
-        "model.data_preprocessor.size",
-        "model.test_cfg.crop_size",
-        "model.test_cfg.stride",
-    ):
-        opts.pop(key)
-    opts.update(
-        {
-            "data_root": str(root),
-            "model.backbone.base_channels": 8,
-            "model.decode_head.in_channels": 8,
-            "model.decode_head.channels": 8,
-            "train_dataloader.batch_size": 4,
-            "train_dataloader.batch_sampler.group_size": 2,
-        }
-    )
+    opts = tiny_lsr_options(str(work), str(root))
     runner = _tool("mmseg_train").main([config, "--cfg-options", *cfg_options_argv(opts)])
     assert runner.iter == 2
     metrics = _tool("mmseg_test").main(

@@ -142,7 +142,9 @@ def make_lsr_blocks(
     Table: from ``table_csv`` (visual estimates ``class,z,eta,rho``) when given, else by mask
     estimation (needs ``masks_dir``: class maps with values 0..L-1): ``eta[l][z]`` and ``rho[l][z]``
     are the mean and population standard deviation (ddof 0) of the class-l fraction over the blocks
-    with label z. A (class, z) cell with no block falls back to the bin centre ``(z + 0.5) / bins``
+    with label z; a cell with one block only takes ``default_std`` as its rho (one block has no
+    spread, and rho = 0 makes the interval distance's denominator vanish). A (class, z) cell with
+    no block falls back to the bin centre ``(z + 0.5) / bins``
     for the quantised class (the remainder ``1 - centre`` shared evenly by the other classes in
     single-label mode) and ``default_std`` (default ``1 / (bins * sqrt(12))``, the standard deviation
     of a uniform fraction within one bin); ``notes`` in table.json lists those cells.
@@ -341,9 +343,15 @@ def _build_table(
                 if sel.any():  # mask estimation (Zhao, Hou et al., 2019, Appendix B.2)
                     eta[ci, z] = frac_all[sel, ci].mean()
                     rho[ci, z] = frac_all[sel, ci].std()
-        single = [(classes[ci], z) for ci in range(L) for z in range(bins) if counts[ci, z] == 1]
-        if single:
-            notes.append(f"one block only (rho = 0) for (class, z): {single}")
+        # one block gives no spread: rho = 0 would make the interval distance's denominator
+        # 1e-6 + sigma2 and its gradient explode; the within-bin spread is used instead
+        single = counts == 1
+        rho = np.where(single, default_std, rho)
+        if single.any():
+            cells = [(classes[ci], int(z)) for ci, z in zip(*np.nonzero(single))]
+            notes.append(
+                f"one block only for (class, z) {cells}: rho = default_std {default_std:.6g}"
+            )
         source = "mask estimation (Zhao, Hou et al., 2019, Appendix B.2)"
     missing = [(classes[ci], z) for ci in range(L) for z in range(bins) if not given[ci, z]]
     eta = np.where(given, eta, fallback_eta)
