@@ -420,3 +420,13 @@ def test_reference_ece_wrapper_matches_the_package():
     assert wrapper.loss_name.startswith("loss_")
     wrapper.set_progress(0.0)  # epoch 0: exclusivity threshold ~0.003, almost no background term
     assert wrapper(logits, label) < expected
+
+
+def test_every_loss_spec_names_a_shipped_config():
+    from sparse_ext.benchmark.specs import LOSSES
+
+    for task, specs in LOSSES.items():
+        for name, spec in specs.items():
+            if spec.config:  # baselines without one train nothing (threshold, lowres)
+                assert os.path.isfile(spec.config_path), (task, name, spec.config_path)
+    assert {"fcn_ce", "fcn_ece"} <= set(LOSSES["seg"])

@@ -153,6 +153,19 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 "ECE, reference code's schedules",
             ),
             LossSpec("ece_focal", "mmseg/unet_s5-d16_ece-focal_partial-nuclei.py", {}, "ECE+focal"),
+            # the ResNet recipe: MMSeg's FCN on ResNetV1c-18 (random init), same data and budget
+            LossSpec(
+                "fcn_ce",
+                "mmseg/fcn_r18-d8_ce_partial-nuclei.py",
+                {},
+                "FCN ResNetV1c-18, cross-entropy",
+            ),
+            LossSpec(
+                "fcn_ece",
+                "mmseg/fcn_r18-d8_ece_partial-nuclei.py",
+                {},
+                "FCN ResNetV1c-18, the ECE recipe (keep probability from the annotated fraction)",
+            ),
             LossSpec(
                 "nnpu",
                 "mmseg/unet_s5-d16_nnpu_partial-nuclei.py",
