@@ -429,4 +429,4 @@ def test_every_loss_spec_names_a_shipped_config():
         for name, spec in specs.items():
             if spec.config:  # baselines without one train nothing (threshold, lowres)
                 assert os.path.isfile(spec.config_path), (task, name, spec.config_path)
-    assert {"fcn_ce", "fcn_ece"} <= set(LOSSES["seg"])
+    assert {"fcn_ce", "fcn_ece", "fcn_ce_sampled"} <= set(LOSSES["seg"])

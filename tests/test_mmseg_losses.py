@@ -39,6 +39,7 @@ from sparse_ext.mmseg.losses import (  # noqa: E402
     LabelSuperResolutionLoss,
     NonNegativePULoss,
     OneHotFocalLoss,
+    SampledCrossEntropyLoss,
 )
 from sparse_ext.mmseg.transforms import encode_block_label  # noqa: E402
 
@@ -174,12 +175,31 @@ def test_ece_recipe_keeps_unannotated_terms_with_the_probability_f_gives():
     )
 
 
+def test_sampled_ce_is_ece_without_exclusion_at_the_keep_probability_f_gives():
+    logits, label = _sparse_batch(seed=8)
+    module = MODELS.build(dict(type="SampledCrossEntropyLoss", annotated_fraction=0.3))
+    assert module.loss_name == "loss_sampled_ce"
+    torch.manual_seed(3)
+    got = module(logits, label)
+    torch.manual_seed(3)
+    want = exclusive_cross_entropy(logits, label, rho=1.0, annotated_fraction=0.3)
+    torch.testing.assert_close(got, want)
+    torch.manual_seed(3)
+    recipe_with_rho_1 = ExclusiveCrossEntropyLoss(schedule=1.0, annotated_fraction=0.3)
+    torch.testing.assert_close(got, recipe_with_rho_1(logits, label))
+    # every object labelled (f = 1): every term kept, exactly cross-entropy over non-ignored
+    full = MODELS.build(dict(type="SampledCrossEntropyLoss", annotated_fraction=1.0))
+    torch.testing.assert_close(
+        full(logits, label), F.cross_entropy(logits, label.long(), ignore_index=255)
+    )
+
+
 def test_unknown_fraction_warns_once_and_falls_back():
     from sparse_ext.losses import background_keep_prob
     from sparse_ext.losses.fraction import FALLBACK_ANNOTATED_FRACTION
 
     logits, label = _sparse_batch(seed=6)
-    for module in (ExclusiveCrossEntropyLoss(), NonNegativePULoss()):
+    for module in (ExclusiveCrossEntropyLoss(), SampledCrossEntropyLoss(), NonNegativePULoss()):
         with pytest.warns(UserWarning, match="annotated fraction is unknown"):
             module(logits, label)
         assert module.annotated_fraction == FALLBACK_ANNOTATED_FRACTION
@@ -459,8 +479,10 @@ SEG_CONFIGS = [
     ("unet_s5-d16_ece_partial-nuclei.py", tiny_unet_options),
     ("unet_s5-d16_ece-focal_partial-nuclei.py", tiny_unet_options),
     ("unet_s5-d16_nnpu_partial-nuclei.py", tiny_unet_options),
+    ("unet_s5-d16_sampled-ce_partial-nuclei.py", tiny_unet_options),
     ("fcn_r18-d8_ce_partial-nuclei.py", tiny_resnet_options),
     ("fcn_r18-d8_ece_partial-nuclei.py", tiny_resnet_options),
+    ("fcn_r18-d8_sampled-ce_partial-nuclei.py", tiny_resnet_options),
 ]
 LSR_CONFIGS = [
     "unet_s5-d16_lsr-intra_lsr-blocks.py",
@@ -521,6 +543,7 @@ def test_partial_nuclei_configs_train(name, options, nuclei_root, tmp_path):
         "OneHotFocalLoss": "loss_focal",
         "ExclusiveCrossEntropyLoss": "loss_ece",
         "NonNegativePULoss": "loss_nnpu",
+        "SampledCrossEntropyLoss": "loss_sampled_ce",
     }[loss_type]
     log_vars, grad = _train_steps(cfg)
     _check_log(log_vars, f"decode.{expect}")
@@ -563,7 +586,9 @@ BASELINES = {
     "unet_s5-d16_ece_partial-nuclei.py": "unet_s5-d16_ce_partial-nuclei.py",
     "unet_s5-d16_ece-focal_partial-nuclei.py": "unet_s5-d16_ce_partial-nuclei.py",
     "unet_s5-d16_nnpu_partial-nuclei.py": "unet_s5-d16_ce_partial-nuclei.py",
+    "unet_s5-d16_sampled-ce_partial-nuclei.py": "unet_s5-d16_ce_partial-nuclei.py",
     "fcn_r18-d8_ece_partial-nuclei.py": "fcn_r18-d8_ce_partial-nuclei.py",
+    "fcn_r18-d8_sampled-ce_partial-nuclei.py": "fcn_r18-d8_ce_partial-nuclei.py",
     "unet_s5-d16_lsr-intra_lsr-blocks.py": "unet_s5-d16_lsr-intra-inter_lsr-blocks.py",
     "unet_s5-d16_lsr-inter_lsr-blocks.py": "unet_s5-d16_lsr-intra-inter_lsr-blocks.py",
     "unet_s5-d16_lsr-intra-inter-highres_lsr-blocks.py": (

@@ -67,6 +67,7 @@ def _both_heads(loss: Dict[str, Any], aux_weight: float = 0.4) -> Dict[str, Any]
 
 
 _ECE = "mmseg/unet_s5-d16_ece_partial-nuclei.py"
+_SAMPLED_CE = "mmseg/unet_s5-d16_sampled-ce_partial-nuclei.py"
 
 
 def matched_sample_prob(fraction: int) -> float:
@@ -161,6 +162,12 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 "FCN ResNetV1c-18, cross-entropy",
             ),
             LossSpec(
+                "fcn_ce_sampled",
+                "mmseg/fcn_r18-d8_sampled-ce_partial-nuclei.py",
+                {},
+                "FCN ResNetV1c-18, the recommended recipe (CE + keep probability from f)",
+            ),
+            LossSpec(
                 "fcn_ece",
                 "mmseg/fcn_r18-d8_ece_partial-nuclei.py",
                 {},
@@ -183,10 +190,23 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
             ),
             LossSpec(
                 "ce_sampled",
-                _ECE,
+                _SAMPLED_CE,
                 {},
-                "ablation: CE (ECE with rho 1) + the ece recipe's keep probability",
-                per_fraction=lambda f: _ece_lines(schedule=1.0),
+                "CE + the keep probability f gives (= ECE with rho 1; the recommended recipe)",
+            ),
+            LossSpec(
+                "ce_sampled_f_half",
+                _SAMPLED_CE,
+                {},
+                "ce_sampled told half the true annotated fraction",
+                per_fraction=lambda f: _ece_lines(annotated_fraction=f / 200),
+            ),
+            LossSpec(
+                "ce_sampled_f_double",
+                _SAMPLED_CE,
+                {},
+                "ce_sampled told twice the true annotated fraction (at most 1)",
+                per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
             ),
             LossSpec(
                 "ece_pkg",

@@ -21,6 +21,7 @@ from sparse_ext.mmseg.losses import (
     LabelSuperResolutionLoss,
     NonNegativePULoss,
     OneHotFocalLoss,
+    SampledCrossEntropyLoss,
 )
 from sparse_ext.mmseg.maxmin import MaxMinSegmentor
 from sparse_ext.mmseg.metrics import MaxMinMetric, SparseSegMetric
@@ -41,6 +42,7 @@ __all__ = [
     "NonNegativePULoss",
     "OneHotFocalLoss",
     "PartialNucleiDataset",
+    "SampledCrossEntropyLoss",
     "SparseLossAnnealingHook",
     "SparseSegMetric",
     "allow_mmengine_checkpoints",
