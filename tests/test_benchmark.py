@@ -430,3 +430,24 @@ def test_every_loss_spec_names_a_shipped_config():
             if spec.config:  # baselines without one train nothing (threshold, lowres)
                 assert os.path.isfile(spec.config_path), (task, name, spec.config_path)
     assert {"fcn_ce", "fcn_ece", "fcn_ce_sampled"} <= set(LOSSES["seg"])
+
+
+def test_seg_recipe_checks_ratios_margins_and_worst_seed():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "seg_recipe_checks.py")
+    spec = importlib.util.spec_from_file_location("seg_recipe_checks", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = [
+        {"loss": "ce", "fraction": "100", "dice": "0.8"},
+        {"loss": "ce", "fraction": "100", "dice": "1.0"},
+        {"loss": "ce", "fraction": "30", "dice": "0.1"},
+        {"loss": "ce_sampled", "fraction": "30", "dice": "0.9"},
+        {"loss": "ce_sampled", "fraction": "30", "dice": "0.7"},
+    ]
+    lines = tool.checks(rows)
+    assert lines[0].startswith("CE@100: 0.900 ± 0.100 (2)")
+    row = next(x for x in lines if x.startswith("| ce_sampled | 30 |"))
+    # mean 0.8: 0.8 / 0.9 of CE@100, 0.7 above CE@30, worst seed 0.7
+    assert row == "| ce_sampled | 30 | 0.800 ± 0.100 (2) | 0.889 | +0.700 | 0.700 |"
