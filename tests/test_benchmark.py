@@ -451,3 +451,84 @@ def test_seg_recipe_checks_ratios_margins_and_worst_seed():
     row = next(x for x in lines if x.startswith("| ce_sampled | 30 |"))
     # mean 0.8: 0.8 / 0.9 of CE@100, 0.7 above CE@30, worst seed 0.7
     assert row == "| ce_sampled | 30 | 0.800 ± 0.100 (2) | 0.889 | +0.700 | 0.700 |"
+
+
+def test_det_one_annotation_per_patch_protocol(tmp_path):
+    """fraction ONE_PER_PATCH: the run trains on one annotation per 256 px patch of the
+    exhaustive training file (Zhao, Pang et al., MICCAI 2021), drawn once with seed 0."""
+    from sparse_ext.benchmark.cli import _fraction_list
+    from sparse_ext.benchmark.det import build_command
+    from sparse_ext.benchmark.results import ONE_PER_PATCH, fraction_label
+
+    assert _fraction_list("1/patch,10,30") == [ONE_PER_PATCH, 10, 30]
+    assert fraction_label(ONE_PER_PATCH) == "1/patch" and fraction_label(30) == "30%"
+    root = tmp_path / "d"
+    (root / "annotations").mkdir(parents=True)
+    # one 512 x 256 image (two 256 px patches) with 3 nuclei in each half
+    anns = [
+        dict(id=i + 1, image_id=1, category_id=1, bbox=[x, 100, 10, 10], area=100, iscrowd=0)
+        for i, x in enumerate((20, 80, 140, 280, 340, 400))
+    ]
+    coco = dict(
+        images=[dict(id=1, file_name="a.png", width=512, height=256)],
+        annotations=anns,
+        categories=[dict(id=1, name="nucleus")],
+    )
+    for split in ("train", "test"):
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    spec = LOSSES["det"]["ce"]
+    ctx = RunContext(
+        task="det",
+        spec=spec,
+        fraction=ONE_PER_PATCH,
+        seed=1,
+        iters=2,
+        mode="quick",
+        profile=profile_for("det", True),
+        data_root=str(root),
+        work_dir=str(tmp_path / "work"),
+    )
+    cmd = build_command(ctx, sys.executable)
+    train_json = cmd[cmd.index("bench_train") + 1]
+    assert train_json.startswith(str(tmp_path / "work"))
+    kept = json.loads(open(train_json).read())
+    xs = sorted(a["bbox"][0] for a in kept["annotations"])
+    assert len(xs) == 2 and xs[0] < 246 and xs[1] >= 256  # one per patch, each half served
+    assert kept["info"]["sparse_fraction"] == pytest.approx(2 / 6)
+    assert kept["info"]["sparse_protocol"]["patch"] == 256
+    again = build_command(ctx, sys.executable)  # the same labels for every run and seed
+    assert json.loads(open(again[again.index("bench_train") + 1]).read()) == kept
+    with pytest.raises(ValueError, match="one annotation per patch"):
+        from sparse_ext.benchmark import run_benchmark
+
+        run_benchmark(str(tmp_path), "seg", fractions=(ONE_PER_PATCH,), out=str(tmp_path / "o"))
+
+
+def test_det_recipe_checks_choose_the_prior_by_validation_recall():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "det_recipe_checks.py")
+    spec = importlib.util.spec_from_file_location("det_recipe_checks", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def row(loss, seed, val_ar, f1):
+        metrics = dict(recall=f1, precision=f1, f1=f1, f1_valthr=f1, ap=f1, ap50=f1)
+        return dict(loss=loss, fraction="10", seed=str(seed), val_average_recall=str(val_ar),
+                    **{k: str(v) for k, v in metrics.items()})  # fmt: skip
+
+    rows = [
+        row("ce", 0, 0.5, 0.4),
+        row("ce", 1, 0.5, 0.6),
+        row("nnpu_pi02", 0, 0.6, 0.1),
+        row("nnpu_pi04", 0, 0.9, 0.7),  # best validation recall, seed 0
+        row("nnpu_pi03", 1, 0.8, 0.9),  # tie on seed 1: the smaller prior
+        row("nnpu_pi05", 1, 0.8, 0.2),
+    ]
+    chosen = [r for r in tool.with_validation_prior(rows) if r["loss"] == "nnpu_val"]
+    assert [(r["seed"], r["chosen"]) for r in chosen] == [("0", "nnpu_pi04"), ("1", "nnpu_pi03")]
+    lines = tool.checks(rows)
+    nnpu = next(x for x in lines if x.startswith("| nnpu_val | 10% |"))
+    # F1 mean (0.7 + 0.9) / 2 = 0.8 against CE's 0.5
+    assert "0.800 ± 0.100 (2)" in nnpu and nnpu.endswith("| +0.300 | +0.300 | +0.300 |")
+    assert any("validation chose pi = 0.04, 0.03" in x for x in lines)

@@ -7,9 +7,18 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from sparse_ext.benchmark.results import ONE_PER_PATCH
 from sparse_ext.benchmark.specs import DEFAULT_FRACTIONS, TASKS
 
 __all__ = ["add_benchmark_arguments", "register"]
+
+
+def _fraction_list(text: str) -> List[int]:
+    """Annotation percentages; ``1/patch`` (or ``one-per-patch``) is detection's one annotation
+    per image patch (``ONE_PER_PATCH``)."""
+    words = [x.strip() for x in text.split(",") if x.strip()]
+    patch = {"1/patch", "one-per-patch"}
+    return [ONE_PER_PATCH if w in patch else _int_list(w)[0] for w in words]
 
 
 def _int_list(text: str) -> List[int]:
@@ -42,9 +51,10 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="seg", choices=TASKS)
     parser.add_argument(
         "--fractions",
-        type=_int_list,
+        type=_fraction_list,
         default=list(DEFAULT_FRACTIONS),
-        help="annotation percentages, e.g. 10,30,50,100",
+        help="annotation percentages, e.g. 10,30,50,100; for detection also 1/patch: one "
+        "annotation per 256 px image patch (Zhao, Pang et al., MICCAI 2021)",
     )
     parser.add_argument(
         "--losses", type=_str_list, default=None, help="comma-separated loss names (default: all)"

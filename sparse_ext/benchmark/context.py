@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping
 
-from sparse_ext.benchmark.results import RunKey, run_key
+from sparse_ext.benchmark.results import RunKey, fraction_label, run_key
 from sparse_ext.benchmark.specs import LossSpec
 
 __all__ = ["RunContext", "SetupError"]
@@ -73,7 +73,7 @@ class RunContext:
     @property
     def label(self) -> str:
         """The run in a progress line, e.g. ``[seg] ece            30% seed 0``."""
-        return f"[{self.task}] {self.spec.name:<12} {self.fraction:>3}% seed {self.seed}"
+        return f"[{self.task}] {self.spec.name:<12} {fraction_label(self.fraction):>7} seed {self.seed}"
 
     def csv_fields(self) -> Dict[str, Any]:
         """The CSV columns that say which run a row is (the run key among them)."""

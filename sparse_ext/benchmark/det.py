@@ -28,7 +28,9 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from sparse_ext.benchmark.context import RunContext, SetupError
+from sparse_ext.benchmark.results import ONE_PER_PATCH
 from sparse_ext.benchmark.specs import REPO_ROOT
+from sparse_ext.data.patches import one_per_patch
 
 __all__ = [
     "D2_PYTHON_ENV",
@@ -102,6 +104,32 @@ def find_coco(data_root: str, split: str, fraction: int = 100) -> str:
     )
 
 
+#: Patch side and overlap of the one-annotation-per-patch protocol (:data:`ONE_PER_PATCH`): the
+#: quick profile's 256 px training crops; the annotations kept are drawn once (seed 0), as the
+#: nested fractions are, so that every run and seed trains on the same labels.
+PATCH, PATCH_OVERLAP, PATCH_SEED = 256, 0, 0
+
+
+def training_coco(ctx: RunContext) -> str:
+    """The training COCO file of a run: the dataset's file at the run's annotation fraction, or
+    for :data:`ONE_PER_PATCH` one annotation per 256 px patch of the exhaustive training file
+    (Zhao, Pang et al., MICCAI 2021, Sect. 3.1; ``sparse-ext convert one-per-patch``), written
+    into the run's work dir with ``info.sparse_fraction`` = the share kept."""
+    if ctx.fraction != ONE_PER_PATCH:
+        return find_coco(ctx.data_root, "train", ctx.fraction)
+    out = os.path.join(ctx.work_dir, f"train_one_per_patch{PATCH}.json")
+    os.makedirs(ctx.work_dir, exist_ok=True)
+    one_per_patch(
+        find_coco(ctx.data_root, "train", 100),
+        out,
+        patch=PATCH,
+        overlap=PATCH_OVERLAP,
+        seed=PATCH_SEED,
+        verbose=False,
+    )
+    return out
+
+
 def find_val_split(data_root: str) -> Optional[Tuple[str, str]]:
     """``(COCO file, image folder)`` of the dataset's validation split, or None without one."""
     try:
@@ -163,7 +191,7 @@ def build_command(ctx: RunContext, python: str) -> List[str]:
     """The ``tools/train_net.py`` command line of a run: the loss's config (or, with the full
     profile's ``recipe_configs``, its R50-FPN recipe), the datasets, the budget, the profile's
     and the loss's options."""
-    train_json = find_coco(ctx.data_root, "train", ctx.fraction)
+    train_json = training_coco(ctx)
     test_json = find_coco(ctx.data_root, "test", 100)
     val = find_val_split(ctx.data_root)
     opts = [

@@ -23,9 +23,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.results import (
     METRIC_COLUMNS,
+    ONE_PER_PATCH,
     PRIMARY_METRIC,
     ResultsTable,
     format_summary,
+    fraction_label,
     markdown_table,
     plot_task,
 )
@@ -123,8 +125,13 @@ def run_benchmark(
     log = log or tqdm.write
     specs = parse_losses(task, losses)
     for f in fractions:
+        if task == "det" and int(f) == ONE_PER_PATCH:
+            continue
         if not 0 < int(f) <= 100:
-            raise ValueError(f"fractions must be in 1..100, got {f}")
+            raise ValueError(
+                f"fractions must be in 1..100 (detection also {ONE_PER_PATCH}: one annotation "
+                f"per patch), got {f}"
+            )
     check_environment = getattr(task_module(task), "check_environment", None)
     if check_environment is not None:
         check_environment()
@@ -167,7 +174,7 @@ def run_benchmark(
         total=len(runs), initial=len(runs) - len(pending), desc=f"[{task}] runs", unit="run"
     ) as bar:
         for ctx in pending:
-            bar.set_postfix_str(f"{ctx.spec.name} {ctx.fraction}% seed {ctx.seed}")
+            bar.set_postfix_str(f"{ctx.spec.name} {fraction_label(ctx.fraction)} seed {ctx.seed}")
             _run_and_record(ctx, table, session, log)
             bar.update()
     done = [row for row in (table.finished(ctx.key) for ctx in runs) if row is not None]

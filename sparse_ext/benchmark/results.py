@@ -162,6 +162,17 @@ class ResultsTable:
         return [r for r in self.rows if r.get("status") == "ok"]
 
 
+#: The ``fraction`` of a detection run trained on one annotation per image patch (Zhao, Pang et
+#: al., MICCAI 2021, Sect. 3.1) instead of a share of the annotations.
+ONE_PER_PATCH = 0
+
+
+def fraction_label(fraction: int) -> str:
+    """A run's annotation level as tables print it: ``30%``, or ``1/patch`` for
+    :data:`ONE_PER_PATCH`."""
+    return "1/patch" if int(fraction) == ONE_PER_PATCH else f"{int(fraction)}%"
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -221,7 +232,11 @@ def format_summary(
     )
     width = max(len("loss"), *(len(x) for x in losses))
     cost_head = f"cost_vs_{COST_BASELINE[task]}"
-    head = f"{'loss':<{width}} " + " ".join(f"{f'{f}%':>7}" for f in fractions) + f"  {cost_head}"
+    head = (
+        f"{'loss':<{width}} "
+        + " ".join(f"{fraction_label(f):>7}" for f in fractions)
+        + f"  {cost_head}"
+    )
     lines = [f"[{task}] {metric} on held-out frames (mean over seeds)", head]
     for loss in losses:
         cells = []
@@ -250,7 +265,7 @@ def markdown_table(
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for loss in losses:
         for frac in sorted(primary[loss]):
-            cells = [loss, str(frac), str(primary[loss][frac][2])]
+            cells = [loss, fraction_label(frac).rstrip("%"), str(primary[loss][frac][2])]
             for m in (*metrics, "sec_per_iter"):
                 cell = tables[m].get(loss, {}).get(frac)
                 if cell is None:
@@ -320,6 +335,9 @@ def plot_task(
             lo = [m - s for m, s in zip(mean, std)]
             hi = [m + s for m, s in zip(mean, std)]
             ax.fill_between(fracs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        shown = sorted({f for by_frac in table.values() for f in by_frac})
+        if ONE_PER_PATCH in shown:
+            ax.set_xticks(shown, [fraction_label(f) for f in shown])
         ax.set_xlabel("annotated nuclei (%)")
         ax.set_ylabel(metric)
         ax.set_ylim(-0.02, 1.02)
