@@ -48,3 +48,7 @@ for s in 0 1 2; do
   done
 done
 for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,ece_paper,nnpu,ce_sampled,ece_pkg 0,1,2; done
+# f unknown: the fallback f = 0.2 the loss assumes, at true 10 % and 50 %
+for s in 0 1 2; do
+  for d in hela hgsc; do bench "$d" 10,50 ce_sampled_f_fallback "$s"; done
+done

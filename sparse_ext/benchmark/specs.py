@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from sparse_ext.losses.fraction import FALLBACK_ANNOTATED_FRACTION
+
 __all__ = [
     "DEFAULT_FRACTIONS",
     "DEFAULT_LOSSES",
@@ -207,6 +209,12 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 {},
                 "ce_sampled told twice the true annotated fraction (at most 1)",
                 per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
+            ),
+            LossSpec(
+                "ce_sampled_f_fallback",
+                _SAMPLED_CE,
+                _ece_lines(annotated_fraction=FALLBACK_ANNOTATED_FRACTION),
+                "ce_sampled with f unknown: the fallback f the loss assumes (with a warning)",
             ),
             LossSpec(
                 "ece_pkg",
