@@ -532,3 +532,20 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     # F1 mean (0.7 + 0.9) / 2 = 0.8 against CE's 0.5
     assert "0.800 ± 0.100 (2)" in nnpu and nnpu.endswith("| +0.300 | +0.300 | +0.300 |")
     assert any("validation chose pi = 0.04, 0.03" in x for x in lines)
+
+
+def test_derived_data_is_kept_per_dataset(tmp_path):
+    """LSR blocks and max-min tiles built from one dataset are never reused for another."""
+    spec = LOSSES["lsr"]["intra"]
+
+    def ctx(data_root):
+        return RunContext(
+            task="lsr", spec=spec, fraction=100, seed=0, iters=1, mode="quick", profile={},
+            data_root=str(data_root), work_dir=str(tmp_path / "work" / "lsr" / "intra_f100_s0"),
+        )  # fmt: skip
+
+    hela, hgsc = ctx(tmp_path / "data" / "hela"), ctx(tmp_path / "data" / "hgsc")
+    assert hela.derived_data_dir != hgsc.derived_data_dir
+    assert hela.derived_data_dir == ctx(tmp_path / "data" / "hela").derived_data_dir
+    assert os.path.basename(hela.derived_data_dir).startswith("hela-")
+    assert os.path.dirname(hela.derived_data_dir) == str(tmp_path / "work" / "lsr" / "_data")

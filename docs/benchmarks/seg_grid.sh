@@ -2,12 +2,14 @@
 # The segmentation recipes' grid (issue 11): HeLa and the H&E set, quick profile, three seeds.
 # Resumable: finished runs are skipped, so it can be run again across sessions until complete.
 #   bash docs/benchmarks/seg_grid.sh            (from the repository root, after README's set-up)
+#   THREADS=1 bash docs/benchmarks/seg_grid.sh  (one torch thread, beside another grid)
 set -euo pipefail
 .venv/bin/sparse-ext data fetch hela --dest data
 .venv/bin/sparse-ext data fetch hgsc --dest data
 bench() {  # bench DATASET FRACTIONS LOSSES SEEDS
   .venv/bin/sparse-ext benchmark --task seg --quick --data data --dataset "$1" --fractions "$2" \
-    --losses "$3" --seeds "$4" --out "docs/benchmarks/seg_$1" --work-dirs work_dirs/bench
+    --losses "$3" --seeds "$4" --out "docs/benchmarks/seg_$1" --work-dirs work_dirs/bench \
+    --threads "${THREADS:-2}"
 }
 for d in hela hgsc; do bench "$d" 10,30,50,100 threshold 0,1,2; done
 # which recipe to recommend: the alternatives to ECE at 30 %, first seed

@@ -8,6 +8,7 @@ key that says it is finished) come from :meth:`RunContext.csv_fields` only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -67,8 +68,13 @@ class RunContext:
     @property
     def derived_data_dir(self) -> str:
         """Where a task keeps the data it derives from the dataset (LSR blocks, max-min tiles): one
-        folder beside its runs' work dirs, shared by every run of the task."""
-        return os.path.join(os.path.dirname(self.work_dir), "_data")
+        folder per dataset beside its runs' work dirs, shared by every run of the task on that
+        dataset (named by the dataset folder and a hash of its path: two datasets never share)."""
+        root = os.path.abspath(self.data_root)
+        key = hashlib.sha1(root.encode()).hexdigest()[:8]
+        return os.path.join(
+            os.path.dirname(self.work_dir), "_data", f"{os.path.basename(root)}-{key}"
+        )
 
     @property
     def label(self) -> str:

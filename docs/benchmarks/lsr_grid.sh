@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 13's grids: label super-resolution from block labels and max-min from image labels, HeLa
+# and the H&E set, quick profile, three seeds. Resumable (finished runs are skipped).
+#   bash docs/benchmarks/lsr_grid.sh            (from the repository root, after README's set-up)
+#   THREADS=1 bash docs/benchmarks/lsr_grid.sh  (one torch thread, beside another grid)
+set -euo pipefail
+.venv/bin/sparse-ext data fetch hela --dest data
+.venv/bin/sparse-ext data fetch hgsc --dest data
+bench() {  # bench TASK DATASET LOSSES SEEDS
+  .venv/bin/sparse-ext benchmark --task "$1" --quick --data data --dataset "$2" --losses "$3" \
+    --seeds "$4" --out "docs/benchmarks/$1_$2" --work-dirs work_dirs/bench --threads "${THREADS:-2}"
+}
+for d in hela hgsc; do bench lsr "$d" threshold,lowres 0,1,2; done
+for s in 0 1 2; do
+  for d in hela hgsc; do bench lsr "$d" intra_inter,intra,inter,ce_full "$s"; done
+done
+# max-min: Belharbi et al.'s Table 4 rows
+for s in 0 1 2; do
+  for d in hela hgsc; do
+    bench maxmin "$d" cam,fg,fg_bg_eem,eem,fg_bg_sem,sem,none,eem_lam1e-1 "$s"
+  done
+done
