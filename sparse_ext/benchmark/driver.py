@@ -116,7 +116,7 @@ def run_benchmark(
     Writes ``out/<task>.csv`` (one row per run; finished runs are skipped on a second call)
     and ``out/<task>.png``, shows a progress bar over the runs (stderr) and logs a line per run
     and a summary table (``log``, default: stdout below the bar). Training logs go to
-    ``work_dirs/<task>/<loss>_f<NNN>_s<seed>/`` (no checkpoints are kept). Raises
+    ``work_dirs/<task>/<dataset>/<loss>_f<NNN>_s<seed>/`` (no checkpoints are kept). Raises
     :class:`~sparse_ext.benchmark.context.SetupError` before any run when the task's framework
     is missing.
     """
@@ -151,7 +151,9 @@ def run_benchmark(
             mode=mode,
             profile=profile,
             data_root=data_root,
-            work_dir=os.path.join(work_dirs, task, f"{spec.name}_f{int(fraction):03d}_s{seed}"),
+            work_dir=os.path.join(
+                work_dirs, task, dataset, f"{spec.name}_f{int(fraction):03d}_s{seed}"
+            ),
             verbose=verbose,
         )
         for fraction in fractions
