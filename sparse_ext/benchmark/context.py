@@ -78,8 +78,9 @@ class RunContext:
 
     @property
     def label(self) -> str:
-        """The run in a progress line, e.g. ``[seg] ece            30% seed 0``."""
-        return f"[{self.task}] {self.spec.name:<12} {fraction_label(self.fraction):>7} seed {self.seed}"
+        """The run in a progress line, e.g. ``[seg] ece                30% seed 0``."""
+        level = fraction_label(self.fraction)
+        return f"[{self.task}] {self.spec.name:<12} {level:>7} seed {self.seed}"
 
     def csv_fields(self) -> Dict[str, Any]:
         """The CSV columns that say which run a row is (the run key among them)."""
