@@ -43,6 +43,16 @@ def tiny_data(tmp_path_factory):
     return str(root)
 
 
+def _load_tool(name):
+    """A script of tools/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def _read(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -433,12 +443,7 @@ def test_every_loss_spec_names_a_shipped_config():
 
 
 def test_seg_recipe_checks_ratios_margins_and_worst_seed():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "seg_recipe_checks.py")
-    spec = importlib.util.spec_from_file_location("seg_recipe_checks", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("seg_recipe_checks")
     rows = [
         {"loss": "ce", "fraction": "100", "dice": "0.8"},
         {"loss": "ce", "fraction": "100", "dice": "1.0"},
@@ -505,12 +510,7 @@ def test_det_one_annotation_per_patch_protocol(tmp_path):
 
 
 def test_det_recipe_checks_choose_the_prior_by_validation_recall():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "tools", "det_recipe_checks.py")
-    spec = importlib.util.spec_from_file_location("det_recipe_checks", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("det_recipe_checks")
 
     def row(loss, seed, val_ar, f1):
         metrics = dict(recall=f1, precision=f1, f1=f1, f1_valthr=f1, ap=f1, ap50=f1)

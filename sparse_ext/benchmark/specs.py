@@ -86,6 +86,27 @@ def matched_sample_prob(fraction: int) -> float:
     return 1.0 if f >= 1.0 else min(1.0, 0.5 * f / (1.0 - f))
 
 
+def _misspecified(name: str, config: str, what: str) -> Tuple[LossSpec, LossSpec]:
+    """``<name>_f_half`` and ``<name>_f_double``: the recipe told f / 2 and 2 f (at most 1) at
+    the run's true annotated fraction f."""
+    return (
+        LossSpec(
+            f"{name}_f_half",
+            config,
+            {},
+            f"{what} told half the true annotated fraction",
+            per_fraction=lambda f: _ece_lines(annotated_fraction=f / 200),
+        ),
+        LossSpec(
+            f"{name}_f_double",
+            config,
+            {},
+            f"{what} told twice the true annotated fraction (at most 1)",
+            per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
+        ),
+    )
+
+
 def _keep_prob(fraction: float, margin: float) -> float:
     """:func:`sparse_ext.losses.background_keep_prob` rounded for a config line."""
     return round(background_keep_prob(fraction, margin), 4)
@@ -133,20 +154,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 "ECE as published: rho 0.5, every unannotated pixel kept",
             ),
             # the recipe told half / twice the true annotated fraction
-            LossSpec(
-                "ece_f_half",
-                _ECE,
-                {},
-                "ECE recipe told half the true annotated fraction",
-                per_fraction=lambda f: _ece_lines(annotated_fraction=f / 200),
-            ),
-            LossSpec(
-                "ece_f_double",
-                _ECE,
-                {},
-                "ECE recipe told twice the true annotated fraction (at most 1)",
-                per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
-            ),
+            *_misspecified("ece", _ECE, "ECE recipe"),
             LossSpec(
                 "ece_table2",
                 _ECE,
@@ -202,20 +210,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 {},
                 "CE + the keep probability f gives (= ECE with rho 1; the recommended recipe)",
             ),
-            LossSpec(
-                "ce_sampled_f_half",
-                _SAMPLED_CE,
-                {},
-                "ce_sampled told half the true annotated fraction",
-                per_fraction=lambda f: _ece_lines(annotated_fraction=f / 200),
-            ),
-            LossSpec(
-                "ce_sampled_f_double",
-                _SAMPLED_CE,
-                {},
-                "ce_sampled told twice the true annotated fraction (at most 1)",
-                per_fraction=lambda f: _ece_lines(annotated_fraction=min(f / 50, 1.0)),
-            ),
+            *_misspecified("ce_sampled", _SAMPLED_CE, "ce_sampled"),
             LossSpec(
                 "ce_sampled_f_fallback",
                 _SAMPLED_CE,
