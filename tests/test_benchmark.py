@@ -236,6 +236,17 @@ def test_maxmin_tiles_labels_follow_the_nucleus_fraction(tiny_data, tmp_path):
     assert len(rows) < 48
 
 
+def test_results_table_keeps_the_rows_of_a_process_writing_beside_it(tmp_path):
+    path = str(tmp_path / "det.csv")
+    base = dict(task="det", fraction=10, iters=5, mode="quick", status="ok")
+    one, two = ResultsTable(path, "det"), ResultsTable(path, "det")  # two grids, one CSV
+    one.add(dict(base, loss="ce", seed=0, f1=0.5))
+    two.add(dict(base, loss="ce", seed=1, f1=0.6))
+    one.add(dict(base, loss="bde", seed=0, f1=0.7))
+    assert [(r["loss"], r["seed"]) for r in _read(path)] == [("ce", "0"), ("ce", "1"), ("bde", "0")]
+    assert one.finished(("det", "ce", 10, 1, 5, "quick"))["f1"] == "0.6"  # the other's run
+
+
 def test_results_table_resume_and_retry(tmp_path):
     path = str(tmp_path / "seg.csv")
     table = ResultsTable(path, "seg")
@@ -328,6 +339,20 @@ def test_det_uses_this_python_by_default(monkeypatch):
     assert detectron2_python() == sys.executable
     monkeypatch.setenv("SPARSE_EXT_D2_PYTHON", sys.executable)  # an override that has it
     assert detectron2_python() == sys.executable
+
+
+def test_det_subprocess_gets_the_thread_count(monkeypatch):
+    from sparse_ext.benchmark.det import _env
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(1)  # what --threads 1 does in the parent
+        assert _env()["OMP_NUM_THREADS"] == "1"
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's own setting wins
+        assert _env()["OMP_NUM_THREADS"] == "3"
+    finally:
+        torch.set_num_threads(before)
 
 
 def _doc_rows(path):

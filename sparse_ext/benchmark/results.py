@@ -12,12 +12,14 @@ machine load) are never compared.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import math
 import os
 import tempfile
 from collections import defaultdict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "BASE_COLUMNS",
@@ -111,25 +113,45 @@ def _num(value: object) -> Optional[float]:
 
 
 class ResultsTable:
-    """The CSV of one task: read on creation, rewritten atomically after each added row."""
+    """The CSV of one task: read on creation, rewritten atomically after each added row.
+
+    Several processes may fill one CSV (grids run side by side): each added row is merged into
+    the file as it is on disk at that moment, under an exclusive lock (``.<name>.lock`` beside it),
+    so no process drops another's rows."""
 
     def __init__(self, path: str, task: str) -> None:
         self.path = path
         self.task = task
         self.columns = columns(task)
-        self.rows: List[Dict[str, str]] = []
-        if os.path.isfile(path):
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                missing = {"task", "loss", "fraction", "seed", "iters", "mode", "status"} - set(
-                    reader.fieldnames or ()
-                )
-                if missing:
-                    raise ValueError(f"{path} is not a benchmark CSV: missing {sorted(missing)}")
-                self.rows = [dict(r) for r in reader]
+        self.rows: List[Dict[str, str]] = self._read()
+
+    def _read(self) -> List[Dict[str, str]]:
+        if not os.path.isfile(self.path):
+            return []
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"task", "loss", "fraction", "seed", "iters", "mode", "status"} - set(
+                reader.fieldnames or ()
+            )
+            if missing:
+                raise ValueError(f"{self.path} is not a benchmark CSV: missing {sorted(missing)}")
+            return [dict(r) for r in reader]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        folder, name = os.path.split(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f".{name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def finished(self, key: RunKey) -> Optional[Dict[str, str]]:
-        """The finished (status ok) row of a run, or None."""
+        """The finished (status ok) row of a run (read from the file: another process may have
+        finished it), or None."""
+        self.rows = self._read()
         for row in self.rows:
             if row.get("status") == "ok" and run_key(row) == key:
                 return row
@@ -138,9 +160,10 @@ class ResultsTable:
     def add(self, row: Mapping[str, object]) -> None:
         """Add (or replace a failed attempt of) a run and rewrite the CSV atomically."""
         key = run_key(row)
-        self.rows = [r for r in self.rows if run_key(r) != key]
-        self.rows.append({c: _fmt(row.get(c, "")) for c in self.columns})
-        self.write()
+        new = {c: _fmt(row.get(c, "")) for c in self.columns}
+        with self._locked():
+            self.rows = [r for r in self._read() if run_key(r) != key] + [new]
+            self.write()
 
     def write(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
