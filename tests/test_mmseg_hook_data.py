@@ -6,6 +6,7 @@ Real MMSeg datasets, transforms, dataloaders and Runner on tiny generated files 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from _mmseg_tiny_data import (  # noqa: E402
     write_lsr_blocks,
     write_partial_nuclei,
 )
-from mmengine.dataset import DefaultSampler  # noqa: E402
+from mmengine.dataset import DefaultSampler, InfiniteSampler  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import DATA_SAMPLERS, DATASETS, HOOKS, TRANSFORMS  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -287,19 +288,50 @@ def test_grouped_batch_sampler_round_up_repeats_the_ranks_own_groups(tmp_path):
     ds = _lsr(root)
     for rank in range(2):
         shard = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)
-        sampler = GroupedBlockBatchSampler(shard, 2, group_size=2)
+        sampler = GroupedBlockBatchSampler(shard, 2, group_size=2, label_sampling="data")
         assert len(sampler) == 3
         assert list(sampler) == [[rank, rank + 2]] * 3
     lone = [0, 1, 0, 1]  # rank 0 gets labels 0 0, rank 1 labels 1 1: one group, one batch
     root = write_lsr_blocks(tmp_path / "lone", {f"b{i:02d}": z for i, z in enumerate(lone)}, 2)
     ds = _lsr(root)
-    sampler = GroupedBlockBatchSampler(DistributedSampler(ds, 2, 0, shuffle=False), 2, 2)
+    sampler = GroupedBlockBatchSampler(
+        DistributedSampler(ds, 2, 0, shuffle=False), 2, 2, label_sampling="data"
+    )
     assert list(sampler) == [[0, 2]]
     order = [0, 0, 1, 1]  # each rank gets labels 0 1: no group of 2
     root = write_lsr_blocks(tmp_path / "none", {f"b{i:02d}": z for i, z in enumerate(order)}, 2)
     sampler = GroupedBlockBatchSampler(DistributedSampler(_lsr(root), 2, 1, shuffle=False), 2, 2)
     with pytest.raises(RuntimeError, match="rank 1 of 2: its share of the data holds no 2"):
         list(sampler)
+
+
+def test_grouped_batch_sampler_draws_labels_uniformly(tmp_path):
+    """Label 0 holds 40 of 48 blocks: "uniform" gives every label about the same number of
+    groups (the paper samples z first), "data" gives label 0 most of them; a batch's groups
+    have different labels; the draw repeats with the sampler's seed."""
+    root = write_lsr_blocks(tmp_path, _lsr_labels([40, 4, 4]), num_labels=3, block=16)
+    ds = _lsr(root)
+    key = [str(ds.get_data_info(i)["block_label"]) for i in range(len(ds))]
+    common = Counter(key).most_common(1)[0][0]  # label 0's entry
+
+    def group_labels(label_sampling, seed=0, n=300):
+        sampler = GroupedBlockBatchSampler(
+            InfiniteSampler(ds, shuffle=True, seed=seed), 4, 2, label_sampling=label_sampling
+        )
+        batches = _batches(sampler, n)
+        for batch in batches:
+            assert len({key[i] for i in batch[:2]}) == len({key[i] for i in batch[2:]}) == 1
+        return [(key[b[0]], key[b[2]]) for b in batches]
+
+    uniform = group_labels("uniform")
+    assert all(a != b for a, b in uniform)  # 3 labels, 2 groups: never the same label twice
+    counts = Counter(z for pair in uniform for z in pair)
+    assert len(counts) == 3 and min(counts.values()) > 0.28 * 600
+    assert Counter(z for pair in group_labels("data") for z in pair)[common] > 0.7 * 600
+    assert group_labels("uniform", seed=0, n=20) == uniform[:20]
+    assert group_labels("uniform", seed=1, n=20) != uniform[:20]
+    with pytest.raises(ValueError, match="label_sampling must be one of uniform, data"):
+        GroupedBlockBatchSampler(InfiniteSampler(ds), 4, 2, label_sampling="balanced")
 
 
 def test_grouped_batch_sampler_from_config_through_dataloader(tmp_path):

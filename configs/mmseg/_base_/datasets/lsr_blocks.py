@@ -4,7 +4,9 @@
 #   DATA/{train,val,test}/masks/<same>.png                 high-res class masks (evaluation only)
 #   DATA/train/block_labels.csv                            "block,z" or "block,z_<class>,..."
 #   DATA/train/table.json                                  {"classes", "labels", "eta", "rho"}
-# Batches: 2 groups of 10 blocks sharing a label (Zhao, Hou et al.), GroupedBlockBatchSampler.
+# Batches: 2 groups of 10 blocks sharing a label (Zhao, Hou et al.), GroupedBlockBatchSampler;
+# each group's label drawn uniformly (the paper samples z first, Sect. 3.3; in the data's
+# proportions the commonest label swamps the rest and the UNet under-segments, issue 13).
 # Override the root with tools/mmseg_train.py --cfg-options data_root=DATA (also retargets the
 # loss's table path; with MMSeg's own tools set the datasets' data_root and
 # model.decode_head.loss_decode.table).
@@ -27,7 +29,7 @@ train_dataloader = dict(
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type="InfiniteSampler", shuffle=True),
-    batch_sampler=dict(type="GroupedBlockBatchSampler", group_size=10),
+    batch_sampler=dict(type="GroupedBlockBatchSampler", group_size=10, label_sampling="uniform"),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
