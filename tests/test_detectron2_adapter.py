@@ -155,6 +155,30 @@ def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only()
         assert other["MODEL.SPARSE.ROI_LOSS"] == loss
 
 
+def test_recommended_recipe_is_one_line_and_what_the_benchmark_ran():
+    """faster_rcnn_*_sparse.yaml: one MODEL.SPARSE line on top of the CE recipe (R50-FPN) and of
+    the tiny CPU config, and the tiny one is exactly the det benchmark's `ece` run."""
+    from sparse_ext.benchmark.specs import LOSSES
+
+    def flat(node, prefix=""):
+        out = {}
+        for k, v in node.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    for base, sparse in (
+        ("faster_rcnn_R_50_FPN_ce.yaml", "faster_rcnn_R_50_FPN_sparse.yaml"),
+        ("faster_rcnn_R_18_FPN_tiny_cpu.yaml", "faster_rcnn_R_18_FPN_tiny_cpu_sparse.yaml"),
+    ):
+        a = flat(load_sparse_config(os.path.join(CONFIG_DIR, base)))
+        b = flat(load_sparse_config(os.path.join(CONFIG_DIR, sparse)))
+        assert sorted(k for k in a if a[k] != b[k]) == ["MODEL.SPARSE.ROI_LOSS"], sparse
+        assert b["MODEL.SPARSE.ROI_LOSS"] == "ece" and b["MODEL.SPARSE.RPN_LOSS"] == "ce"
+    bench = load_sparse_config(TINY)
+    bench.merge_from_list([x for kv in LOSSES["det"]["ece"].overrides.items() for x in kv])
+    assert flat(bench) == b
+
+
 ZOO_R50 = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 SHIPPED_CONFIGS = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
 
