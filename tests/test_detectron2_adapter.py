@@ -131,6 +131,14 @@ def roi_predictions(model, features, sampled):
 # -- config ----------------------------------------------------------------------------------
 
 
+def flat(node, prefix=""):
+    """A config as {dotted key: value}."""
+    out = {}
+    for k, v in node.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
 def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only():
     ce = load_sparse_config(os.path.join(CONFIG_DIR, "faster_rcnn_R_50_FPN_ce.yaml"))
     assert ce.MODEL.RESNETS.DEPTH == 50 and ce.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone"
@@ -138,12 +146,6 @@ def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only()
     assert ce.SOLVER.MAX_ITER == 90000 and ce.SOLVER.BASE_LR == 0.02
     assert ce.MODEL.ROI_HEADS.NAME == "SparseROIHeads"
     assert ce.MODEL.PROPOSAL_GENERATOR.NAME == "SparseRPN"
-
-    def flat(node, prefix=""):
-        out = {}
-        for k, v in node.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
 
     base = flat(ce)
     for loss in ("focal", "ece", "nnpu", "bde"):
@@ -159,12 +161,6 @@ def test_recommended_recipe_is_one_line_and_what_the_benchmark_ran():
     """faster_rcnn_*_sparse.yaml: one MODEL.SPARSE line on top of the CE recipe (R50-FPN) and of
     the tiny CPU config, and the tiny one is exactly the det benchmark's `ece` run."""
     from sparse_ext.benchmark.specs import LOSSES
-
-    def flat(node, prefix=""):
-        out = {}
-        for k, v in node.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-        return out
 
     for base, sparse in (
         ("faster_rcnn_R_50_FPN_ce.yaml", "faster_rcnn_R_50_FPN_sparse.yaml"),

@@ -20,8 +20,8 @@ the blocks it yields, by ``label_sampling``:
   low resolution label z, we first sample X_k", Sect. 3.3); the groups of a batch have
   different labels where there are enough labels. Rare labels are repeated, common ones
   subsampled. On HeLa 32 px blocks most blocks carry the lowest label (64 %): with ``"data"``
-  the LSR UNet learned to under-segment (Dice 0.25, predicted nucleus share 2 % vs 15 %), with
-  ``"uniform"`` it reached 0.84-0.87 (issue 13, three seeds of a scratch run).
+  the LSR UNet under-segmented (intra+inter seed 1: Dice 0.338), with ``"uniform"`` it reached
+  0.826 (docs/benchmarks, LSR section).
 - ``"data"``: groups in the data's proportions: each bucket of ``group_size`` same-label indices
   in the sampler's order is a group (two groups may share a label; blocks left in unfilled
   buckets at the end of an epoch are dropped).
