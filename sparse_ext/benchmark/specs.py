@@ -75,15 +75,14 @@ _SAMPLED_CE = "mmseg/unet_s5-d16_sampled-ce_partial-nuclei.py"
 
 def matched_sample_prob(fraction: int) -> float:
     """Background-sampling probability for ECE's unannotated pixels matched to the annotation
-    fraction f: 0.5 * f / (1 - f), capped at 1 (10 % -> 0.056, 30 % -> 0.214, 50 % -> 0.5).
+    fraction f: :func:`background_keep_prob` with margin 0.5, 0.5 * f / (1 - f) capped at 1 (10 % -> 0.056, 30 % -> 0.214, 50 % -> 0.5).
 
     An unannotated nucleus pixel then carries half the expected background weight of the
     annotated-positive weight, (1 - f) * s = f / 2, so the cross-entropy optimum of a nucleus
     pixel is p(nucleus) = f / (f + f / 2) = 2/3, above rho = 0.5: ECE's exclusion then takes
     over instead of the background collapse seen with plain CE/ECE at low fractions.
     """
-    f = min(max(fraction / 100.0, 0.0), 1.0)
-    return 1.0 if f >= 1.0 else min(1.0, 0.5 * f / (1.0 - f))
+    return background_keep_prob(fraction / 100.0, margin=0.5)
 
 
 def _misspecified(name: str, config: str, what: str) -> Tuple[LossSpec, LossSpec]:
