@@ -431,6 +431,18 @@ def test_det_profiles_train_at_native_scale_and_do_not_cap_recall():
     crop_h, crop_w = ast.literal_eval(quick["INPUT.CROP.SIZE"])
     assert ast.literal_eval(quick["INPUT.MIN_SIZE_TRAIN"]) == (min(crop_h, crop_w),)
     assert quick["INPUT.MAX_SIZE_TRAIN"] == max(crop_h, crop_w)
+    # whole test frames of any size stay at the scale trained at (0: Detectron2 does not resize)
+    assert quick["INPUT.MIN_SIZE_TEST"] == 0
+    from detectron2.config import get_cfg
+    from detectron2.data import detection_utils
+    from detectron2.data import transforms as T
+
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", str(quick["INPUT.MIN_SIZE_TEST"])])
+    for shape in ((500, 500, 3), (700, 1100, 3)):  # the H&E tiles, HeLa's frames
+        image = np.zeros(shape, np.uint8)
+        augs = T.AugmentationList(detection_utils.build_augmentation(cfg, is_train=False))
+        assert augs(T.AugInput(image)).apply_image(image).shape == shape
     full = profile_for("det", quick=False)
     assert full["recipe_configs"] and full["opts"]["MODEL.ROI_HEADS.NUM_CLASSES"] == 1
     for opts in (quick, full["opts"]):  # a test frame holds up to ~200 nuclei
@@ -532,6 +544,48 @@ def test_det_one_annotation_per_patch_protocol(tmp_path):
         from sparse_ext.benchmark import run_benchmark
 
         run_benchmark(str(tmp_path), "seg", fractions=(ONE_PER_PATCH,), out=str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("per_image, dense", [(6, False), (60, True)])
+def test_det_dense_data_get_larger_samplers(tmp_path, per_image, dense):
+    """The quick profile's dense rule: objects per 256 px crop of the exhaustive training file
+    (here 512 x 256 images: half the image per crop) above the threshold -> larger samplers,
+    whatever the run's annotated fraction."""
+    from sparse_ext.benchmark.det import build_command, objects_per_crop
+
+    root = tmp_path / "d"
+    (root / "annotations").mkdir(parents=True)
+    anns = [
+        dict(id=i + 1, image_id=1, category_id=1, bbox=[10 * i, 100, 8, 8], area=64, iscrowd=0)
+        for i in range(per_image)
+    ]
+    coco = dict(
+        images=[dict(id=1, file_name="a.png", width=512, height=256)],
+        annotations=anns,
+        categories=[dict(id=1, name="nucleus")],
+    )
+    for name in ("train", "test"):
+        (root / "annotations" / f"{name}.json").write_text(json.dumps(coco))
+    (root / "annotations" / "train_frac010.json").write_text(
+        json.dumps({**coco, "annotations": anns[:1]})
+    )
+    profile = profile_for("det", True)
+    ctx = RunContext(
+        task="det",
+        spec=LOSSES["det"]["ce"],
+        fraction=10,
+        seed=0,
+        iters=2,
+        mode="quick",
+        profile=profile,
+        data_root=str(root),
+        work_dir=str(tmp_path / "work"),
+    )
+    assert objects_per_crop(ctx) == pytest.approx(per_image / 2)
+    cmd = build_command(ctx, sys.executable)
+    for key, value in profile["dense"]["opts"].items():
+        assert (key in cmd and cmd[cmd.index(key) + 1] == str(value)) == dense, key
+    assert profile["dense"]["opts"]["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] > 32  # the tiny's
 
 
 def test_det_recipe_checks_choose_the_prior_by_validation_recall():

@@ -43,6 +43,21 @@ def test_paper_table2(p, expected):
 @pytest.mark.parametrize(
     "p, expected",
     [
+        (0.0, 1.0 - 0.32 * 4.5397868702434395e-05),  # 1 - 0.32 * sigmoid(-10)
+        (0.2, 1.0 - 0.32 * 0.03444519566621117),  # sigmoid(-10 / 3): still no exclusion to speak of
+        (0.3, 0.84),  # the midpoint: (1 + 0.68) / 2
+        (0.4, 1.0 - 0.32 * 0.9655548043337889),  # sigmoid(10 / 3)
+        (1.0, 1.0 - 0.32 * 0.9999999999264704),  # sigmoid(70 / 3): the Table 2 end value 0.68
+    ],
+)
+def test_ce_warmup(p, expected):
+    """The ECE configs' rho: 1 (sampled CE) early on, then 0.68 (the end of Table 2's)."""
+    assert build_schedule("ce_warmup")(p) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "p, expected",
+    [
         (0.0, 0.5 * 0.0066928509242848554),  # epoch 0: 0.5 * sigmoid(-5)
         (1 / 12, 0.5 * 0.07585818002124355),  # epoch 25: 0.5 * sigmoid(-2.5)
         (1 / 6, 0.25),  # epoch 50: 0.5 * sigmoid(0)

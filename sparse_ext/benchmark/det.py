@@ -17,6 +17,7 @@ also written to ``run_summary.json`` in its work folder.
 
 from __future__ import annotations
 
+import ast
 import glob
 import importlib
 import json
@@ -193,6 +194,18 @@ def _pick(metrics: Dict[str, float], *names: str) -> float:
     return float("nan")
 
 
+def objects_per_crop(ctx: RunContext) -> float:
+    """Mean number of objects in a training crop of the profile's size (``INPUT.CROP.SIZE``, else
+    the :data:`PATCH` side), from the exhaustive training file: the data's density, whatever
+    share of it is annotated."""
+    with open(find_coco(ctx.data_root, "train", 100)) as f:
+        coco = json.load(f)
+    area = sum(float(im["width"]) * float(im["height"]) for im in coco["images"])
+    crop = ctx.profile.get("opts", {}).get("INPUT.CROP.SIZE")
+    height, width = ast.literal_eval(crop) if crop else (PATCH, PATCH)
+    return len(coco["annotations"]) * height * width / area if area else 0.0
+
+
 def build_command(ctx: RunContext, python: str) -> List[str]:
     """The ``tools/train_net.py`` command line of a run: the loss's config (or, with the full
     profile's ``recipe_configs``, its R50-FPN recipe), the datasets, the budget, the profile's
@@ -216,7 +229,11 @@ def build_command(ctx: RunContext, python: str) -> List[str]:
             REPO_ROOT, "configs", "detectron2", f"faster_rcnn_R_50_FPN_{roi_loss}.yaml"
         )
         overrides = {k: v for k, v in overrides.items() if not k.endswith(_LOSS_KEYS)}
-    for key, value in {**ctx.profile.get("opts", {}), **overrides}.items():
+    profile_opts = dict(ctx.profile.get("opts", {}))
+    dense = ctx.profile.get("dense")
+    if dense and objects_per_crop(ctx) > dense["objects_per_crop"]:
+        profile_opts.update(dense["opts"])
+    for key, value in {**profile_opts, **overrides}.items():
         opts += [key, str(value)]
     images = os.path.join(ctx.data_root, "images")
     register_val = ["--register-coco", "bench_val", *val] if val else []
