@@ -29,6 +29,7 @@ from mmseg.registry import DATA_SAMPLERS, DATASETS, HOOKS, TRANSFORMS  # noqa: E
 from PIL import Image  # noqa: E402
 
 import sparse_ext.mmseg  # noqa: E402,F401
+from sparse_ext.losses.schedules import build_schedule  # noqa: E402
 from sparse_ext.mmseg import (  # noqa: E402
     GroupedBlockBatchSampler,
     LoadBlockLabel,
@@ -404,7 +405,9 @@ def test_hook_sets_progress_in_a_real_runner(tmp_path):
             "val_dataloader": None,
             "val_evaluator": None,
             "train_cfg.val_interval": 100,
-            "model.decode_head.loss_decode.schedule": dict(type="linear", start=0.2, end=1.0),
+            "model.decode_head.loss_decode.schedule": dict(
+                _delete_=True, type="linear", start=0.2, end=1.0
+            ),
         }
     )
     cfg = load_config(str(CONFIGS / "unet_s5-d16_ece_partial-nuclei.py"), opts)
@@ -418,7 +421,8 @@ def test_hook_sets_progress_in_a_real_runner(tmp_path):
     runner.train()
     assert probe.seen == [0.0, 1 / 3, 2 / 3]
     assert decode.rho == pytest.approx(0.2 + 0.8 * 2 / 3)  # set before the last iteration
-    assert aux.progress == pytest.approx(2 / 3) and aux.rho == 0.5  # constant schedule
+    assert aux.progress == pytest.approx(2 / 3)  # the config's own schedule
+    assert aux.rho == pytest.approx(build_schedule("ce_warmup")(2 / 3))
 
     # epoch-based loop: 2 epochs of one batch each
     cfg.work_dir = str(tmp_path / "wd_epoch")

@@ -196,14 +196,18 @@ def _pick(metrics: Dict[str, float], *names: str) -> float:
 
 def objects_per_crop(ctx: RunContext) -> float:
     """Mean number of objects in a training crop of the profile's size (``INPUT.CROP.SIZE``, else
-    the :data:`PATCH` side), from the exhaustive training file: the data's density, whatever
-    share of it is annotated."""
-    with open(find_coco(ctx.data_root, "train", 100)) as f:
+    the :data:`PATCH` side), from the exhaustive training file (the data's density, whatever
+    share of it is annotated), else from the run's own training file."""
+    try:
+        path = find_coco(ctx.data_root, "train", 100)
+    except FileNotFoundError:
+        path = find_coco(ctx.data_root, "train", ctx.fraction)
+    with open(path) as f:
         coco = json.load(f)
-    area = sum(float(im["width"]) * float(im["height"]) for im in coco["images"])
+    area = sum(float(im["width"]) * float(im["height"]) for im in coco.get("images", []))
     crop = ctx.profile.get("opts", {}).get("INPUT.CROP.SIZE")
     height, width = ast.literal_eval(crop) if crop else (PATCH, PATCH)
-    return len(coco["annotations"]) * height * width / area if area else 0.0
+    return len(coco.get("annotations", [])) * height * width / area if area else 0.0
 
 
 def build_command(ctx: RunContext, python: str) -> List[str]:
