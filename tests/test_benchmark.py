@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _det_bench import det_context, write_coco
 from _frameworks import MMSEG_HINT, require
 
 from sparse_ext.benchmark.context import RunContext, SetupError
@@ -505,31 +506,9 @@ def test_det_one_annotation_per_patch_protocol(tmp_path):
     assert _fraction_list("1/patch,10,30") == [ONE_PER_PATCH, 10, 30]
     assert fraction_label(ONE_PER_PATCH) == "1/patch" and fraction_label(30) == "30%"
     root = tmp_path / "d"
-    (root / "annotations").mkdir(parents=True)
     # one 512 x 256 image (two 256 px patches) with 3 nuclei in each half
-    anns = [
-        dict(id=i + 1, image_id=1, category_id=1, bbox=[x, 100, 10, 10], area=100, iscrowd=0)
-        for i, x in enumerate((20, 80, 140, 280, 340, 400))
-    ]
-    coco = dict(
-        images=[dict(id=1, file_name="a.png", width=512, height=256)],
-        annotations=anns,
-        categories=[dict(id=1, name="nucleus")],
-    )
-    for split in ("train", "test"):
-        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
-    spec = LOSSES["det"]["ce"]
-    ctx = RunContext(
-        task="det",
-        spec=spec,
-        fraction=ONE_PER_PATCH,
-        seed=1,
-        iters=2,
-        mode="quick",
-        profile=profile_for("det", True),
-        data_root=str(root),
-        work_dir=str(tmp_path / "work"),
-    )
+    write_coco(root / "annotations", ("train.json", "test.json"), (20, 80, 140, 280, 340, 400))
+    ctx = det_context(root, tmp_path / "work", "ce", ONE_PER_PATCH, seed=1)
     cmd = build_command(ctx, sys.executable)
     train_json = cmd[cmd.index("bench_train") + 1]
     assert train_json.startswith(str(tmp_path / "work"))
@@ -554,33 +533,11 @@ def test_det_dense_data_get_larger_samplers(tmp_path, per_image, dense):
     from sparse_ext.benchmark.det import build_command, objects_per_crop
 
     root = tmp_path / "d"
-    (root / "annotations").mkdir(parents=True)
-    anns = [
-        dict(id=i + 1, image_id=1, category_id=1, bbox=[10 * i, 100, 8, 8], area=64, iscrowd=0)
-        for i in range(per_image)
-    ]
-    coco = dict(
-        images=[dict(id=1, file_name="a.png", width=512, height=256)],
-        annotations=anns,
-        categories=[dict(id=1, name="nucleus")],
-    )
-    for name in ("train", "test"):
-        (root / "annotations" / f"{name}.json").write_text(json.dumps(coco))
-    (root / "annotations" / "train_frac010.json").write_text(
-        json.dumps({**coco, "annotations": anns[:1]})
-    )
-    profile = profile_for("det", True)
-    ctx = RunContext(
-        task="det",
-        spec=LOSSES["det"]["ce"],
-        fraction=10,
-        seed=0,
-        iters=2,
-        mode="quick",
-        profile=profile,
-        data_root=str(root),
-        work_dir=str(tmp_path / "work"),
-    )
+    xs = [8 * i for i in range(per_image)]
+    write_coco(root / "annotations", ("train.json", "test.json"), xs)
+    write_coco(root / "annotations", ("train_frac010.json",), xs[:1])
+    ctx = det_context(root, tmp_path / "work", "ce", 10)
+    profile = ctx.profile
     assert objects_per_crop(ctx) == pytest.approx(per_image / 2)
     cmd = build_command(ctx, sys.executable)
     for key, value in profile["dense"]["opts"].items():

@@ -415,27 +415,15 @@ def test_det_benchmark_end_to_end(tmp_path, monkeypatch):
 def test_det_benchmark_evaluates_val_and_reads_f1_at_the_val_threshold(tmp_path):
     """With annotations/val.json and images/val the run evaluates val and test; the test F1 at
     the score threshold best on val is read from the prefixed metrics Detectron2 writes."""
+    from _det_bench import det_context, write_coco
+
     from sparse_ext.benchmark import det
-    from sparse_ext.benchmark.context import RunContext
-    from sparse_ext.benchmark.specs import LOSSES, profile_for
 
     root = tmp_path / "data"
-    (root / "annotations").mkdir(parents=True)
     for split in ("train", "test", "val"):
         (root / "images" / split).mkdir(parents=True)
-    for name in ("train_frac030.json", "test.json", "val.json"):
-        (root / "annotations" / name).write_text("{}")
-    ctx = RunContext(
-        task="det",
-        spec=LOSSES["det"]["nnpu_sampled"],
-        fraction=30,
-        seed=0,
-        iters=5,
-        mode="quick",
-        profile=profile_for("det", True),
-        data_root=str(root),
-        work_dir=str(tmp_path / "work"),
-    )
+    write_coco(root / "annotations", ("train_frac030.json", "test.json", "val.json"))
+    ctx = det_context(root, tmp_path / "work", "nnpu_sampled", 30, iters=5)
     cmd = det.build_command(ctx, "python")
     i = cmd.index("bench_val")
     assert cmd[i - 1 : i + 3] == [

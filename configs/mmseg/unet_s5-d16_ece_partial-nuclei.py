@@ -2,8 +2,8 @@
 # nucleus, kept as background only where the prediction is not confidently foreground (rho), and
 # kept with the probability that the annotated fraction f gives (background_keep_prob). rho
 # follows the "ce_warmup" schedule: 1 (no exclusion) for the first quarter of training, then 0.68
-# (the end of the paper's Table 2 schedule); with a constant rho an untrained network excludes
-# half the background at once and can over-segment for good (sparse_ext.losses.schedules).
+# (the end of the paper's Table 2 schedule); with a constant rho an untrained network (scores
+# near 0.5) excludes background from the first step and can over-segment for good.
 # f comes from the training data (PartialNucleiDataset: labels/frac<NNN>, or the COCO file's
 # info.sparse_fraction; SparseLossAnnealingHook hands it to the loss); set it where the data do
 # not record it, e.g. --cfg-options model.decode_head.loss_decode.annotated_fraction=0.3

@@ -204,10 +204,10 @@ def objects_per_crop(ctx: RunContext) -> float:
         path = find_coco(ctx.data_root, "train", ctx.fraction)
     with open(path) as f:
         coco = json.load(f)
-    area = sum(float(im["width"]) * float(im["height"]) for im in coco.get("images", []))
+    area = sum(float(im["width"]) * float(im["height"]) for im in coco["images"])
     crop = ctx.profile.get("opts", {}).get("INPUT.CROP.SIZE")
     height, width = ast.literal_eval(crop) if crop else (PATCH, PATCH)
-    return len(coco.get("annotations", [])) * height * width / area if area else 0.0
+    return len(coco["annotations"]) * height * width / area if area else 0.0
 
 
 def build_command(ctx: RunContext, python: str) -> List[str]:

@@ -75,7 +75,8 @@ _SAMPLED_CE = "mmseg/unet_s5-d16_sampled-ce_partial-nuclei.py"
 
 def matched_sample_prob(fraction: int) -> float:
     """Background-sampling probability for ECE's unannotated pixels matched to the annotation
-    fraction f: :func:`background_keep_prob` with margin 0.5, 0.5 * f / (1 - f) capped at 1 (10 % -> 0.056, 30 % -> 0.214, 50 % -> 0.5).
+    fraction f: :func:`background_keep_prob` with margin 0.5, 0.5 * f / (1 - f) capped at 1
+    (10 % -> 0.056, 30 % -> 0.214, 50 % -> 0.5).
 
     An unannotated nucleus pixel then carries half the expected background weight of the
     annotated-positive weight, (1 - f) * s = f / 2, so the cross-entropy optimum of a nucleus

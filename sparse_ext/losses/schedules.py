@@ -18,8 +18,8 @@ Named schedules (:data:`NAMED_SCHEDULES`):
 - ``"ce_warmup"``: rho = 1 (no exclusion: every kept unannotated term is background) for about
   the first quarter of training, then down to 0.68 (the end value of the paper's Table 2
   schedule) by about 40 %: sigmoid from 1.0 to 0.68, midpoint 0.3, temperature 0.03. With a
-  constant rho, a network at chance (p = 0.5 everywhere) excludes half the background at once,
-  and what it then predicts as nucleus is never pulled back: one seed of three over-segmented
+  constant rho, an untrained network (scores near p = 0.5) has the background pixels it
+  happens to score above rho excluded from the first step, and they are never pulled back: one seed of three over-segmented
   at 30 % on both benchmark datasets (docs/benchmarks/README.md). The ECE configs' schedule.
 """
 
