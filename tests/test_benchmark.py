@@ -108,6 +108,12 @@ def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path, capsys):
             assert 0.0 <= float(r[m]) <= 1.0
         assert float(r["seconds"]) > 0 and float(r["sec_per_iter"]) > 0
         assert r["config"].startswith("configs/mmseg/")
+        # the annotated-fraction check: the ECE recipe trained on with the data's f (two
+        # iterations give no estimate); cross-entropy has no check
+        if r["loss"] == "ece":
+            assert float(r["f_used"]) == int(r["fraction"]) / 100 and r["f_estimate"] == "nan"
+        else:
+            assert r["f_used"] == r["f_estimate"] == ""
     assert os.path.getsize(os.path.join(out, "seg.png")) > 1000
     progress = [x for x in lines if x.startswith("[seg] ")]
     assert sum("s/iter" in x for x in progress) == 4

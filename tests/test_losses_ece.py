@@ -534,3 +534,149 @@ def test_annotated_fraction_sets_the_sampling_of_the_function_and_the_module():
     explicit = ExclusiveCrossEntropy(0.5, sampling_schedule=1.0, annotated_fraction=0.3)
     assert explicit.sample_prob == 1.0  # an explicit sampling schedule wins
     assert ExclusiveCrossEntropy(0.5, annotated_fraction=1.0).sample_prob == 1.0
+
+
+# -- the annotated fraction checked against the labelled data (Elkan and Noto, KDD 2008) ------------
+
+
+def test_label_frequency_estimate_hand_values():
+    """|L cap S| / |S| with S = the scores >= the median labelled score, counts summed over
+    batches (Bekker and Davis, AAAI 2018)."""
+    from sparse_ext.losses.fraction import LabelFrequencyEstimate
+
+    est = LabelFrequencyEstimate()
+    assert est.value is None and est.updates == 0
+    # labelled scores 0.9, 0.7, 0.2: median 0.7; S = {0.9, 0.7, 0.8, 0.75}: 2 labelled of 4
+    scores = torch.tensor([0.9, 0.7, 0.2, 0.8, 0.75, 0.1, 0.3])
+    labelled = torch.tensor([1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    est.update(scores, labelled)
+    assert est.value == pytest.approx(2 / 4) and est.updates == 1
+    # second batch: labelled 0.6 only; S = {0.6, 0.65}: 1 of 2; total 3 of 6
+    est.update(torch.tensor([[0.6, 0.65], [0.1, 0.5]]), torch.tensor([[1, 0], [0, 0]]).bool())
+    assert est.value == pytest.approx(3 / 6) and est.updates == 2
+    est.update(torch.rand(5), torch.zeros(5, dtype=torch.bool))  # nothing labelled: no change
+    assert est.updates == 2
+    with pytest.raises(ValueError, match="scores .* and labelled .* differ"):
+        est.update(torch.rand(5), torch.zeros(4, dtype=torch.bool))
+    est.reset()
+    assert est.value is None and est.updates == 0
+
+
+def test_label_frequency_estimate_is_exact_for_a_model_that_ranks_objects_first():
+    """Objects scored above background, labelled and unlabelled alike (any calibration): the
+    estimate is the labelled share of the objects above the labelled median."""
+    from sparse_ext.losses.fraction import LabelFrequencyEstimate
+
+    gen = torch.Generator().manual_seed(0)
+    for f in (0.1, 0.3, 0.5):
+        objects = 0.6 + 0.3 * torch.rand(20000, generator=gen)  # any monotone calibration
+        background = 0.5 * torch.rand(60000, generator=gen)
+        labelled_objects = torch.rand(20000, generator=gen) < f
+        est = LabelFrequencyEstimate()
+        est.update(
+            torch.cat([objects, background]),
+            torch.cat([labelled_objects, torch.zeros(60000, dtype=torch.bool)]),
+        )
+        assert est.value == pytest.approx(f, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    "given, estimate, expected",
+    [
+        (0.6, 0.25, 0.25),  # told 2.4x the estimate: replaced
+        (0.3, 0.25, 0.3),  # within 1.5x: kept
+        (0.375, 0.25, 0.375),  # exactly 1.5x: kept
+        (0.15, 0.3, 0.15),  # an under-estimate is never raised
+        (0.6, None, 0.6),  # nothing seen
+        (0.6, 0.0, 0.6),  # no evidence of any object
+    ],
+)
+def test_checked_fraction_only_lowers_a_clear_over_estimate(given, estimate, expected):
+    from sparse_ext.losses.fraction import checked_fraction
+
+    assert checked_fraction(given, estimate) == pytest.approx(expected)
+
+
+def test_checked_fraction_settings_are_named():
+    from sparse_ext.losses.fraction import checked_fraction
+
+    with pytest.raises(ValueError, match="tolerance"):
+        checked_fraction(0.3, 0.2, tolerance=0.5)
+    with pytest.raises(ValueError, match="estimate"):
+        checked_fraction(0.3, 1.5)
+    with pytest.raises(ValueError, match="annotated_fraction"):
+        checked_fraction(0.0, 0.2)
+
+
+def test_ece_module_estimates_f_in_the_warm_up_window_only_and_applies_the_check():
+    """The module feeds the estimate from FRACTION_ESTIMATE_START to FRACTION_ESTIMATE_END of
+    training while rho excludes nothing, in training only; the check moves its keep
+    probability."""
+    from sparse_ext.losses import background_keep_prob
+    from sparse_ext.losses.fraction import (
+        FRACTION_ESTIMATE_END,
+        FRACTION_ESTIMATE_START,
+        LabelFrequencyEstimate,
+    )
+
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 8, 8) < 0.3).long()
+    target[0, 0, 0] = 255  # ignored: not counted
+    module = ExclusiveCrossEntropy("ce_warmup", annotated_fraction=0.6)
+    module(logits, target)
+    assert module.fraction_estimate.updates == 0  # before the window
+    module.set_progress(FRACTION_ESTIMATE_START)
+    module(logits, target)
+    valid = target != 255
+    expected = LabelFrequencyEstimate()
+    expected.update((1 - torch.softmax(logits, 1)[:, 0])[valid], (target == 1)[valid])
+    assert module.fraction_estimate.value == pytest.approx(expected.value)
+    with torch.no_grad():  # evaluation: no update
+        module(logits, target)
+    assert module.fraction_estimate.updates == 1
+    module.set_progress(FRACTION_ESTIMATE_END)
+    module(logits, target)
+    assert module.fraction_estimate.updates == 1 and not module.estimating
+    excluding = ExclusiveCrossEntropy(0.5)
+    excluding.set_progress(FRACTION_ESTIMATE_START)
+    assert not excluding.estimating  # rho 0.5 excludes: scores are not comparable
+
+    assert module.check_annotated_fraction(0.2) == pytest.approx(0.2)
+    assert module.sample_prob == pytest.approx(background_keep_prob(0.2))
+    assert "checked_fraction=0.2" in repr(module)
+    module.set_annotated_fraction(0.25)  # a new f clears the check
+    assert module.checked_fraction is None
+    assert module.check_annotated_fraction(0.2) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no annotated_fraction"):
+        ExclusiveCrossEntropy(0.5).check_annotated_fraction(0.2)
+
+
+def test_ece_module_estimate_with_sigmoid_logits_and_an_annotated_mask():
+    from sparse_ext.losses.fraction import FRACTION_ESTIMATE_START, LabelFrequencyEstimate
+
+    logits = torch.randn(2, 1, 6, 6)
+    target = (torch.rand(2, 6, 6) < 0.4).long()
+    annotated = torch.rand(2, 6, 6) < 0.5
+    module = ExclusiveCrossEntropy(1.0, use_sigmoid=True, annotated_fraction=1.0)
+    module.set_progress(FRACTION_ESTIMATE_START)
+    module(logits, target, annotated)
+    expected = LabelFrequencyEstimate()
+    expected.update(torch.sigmoid(logits[:, 0]), (target == 1) & annotated)
+    assert module.fraction_estimate.value == pytest.approx(expected.value)
+
+
+def test_ece_module_caps_f_until_the_check():
+    """While a check is pending, f is capped at UNCHECKED_FRACTION_CEILING; the check ends it."""
+    from sparse_ext.losses import background_keep_prob
+    from sparse_ext.losses.fraction import UNCHECKED_FRACTION_CEILING
+
+    module = ExclusiveCrossEntropy(1.0, annotated_fraction=0.6)
+    assert module.sample_prob == pytest.approx(background_keep_prob(0.6))
+    module.fraction_check_pending = True
+    assert module.sample_prob == pytest.approx(background_keep_prob(UNCHECKED_FRACTION_CEILING))
+    module.check_annotated_fraction(0.5)  # consistent with 0.6: kept
+    assert not module.fraction_check_pending
+    assert module.sample_prob == pytest.approx(background_keep_prob(0.6))
+    small = ExclusiveCrossEntropy(1.0, annotated_fraction=0.1)
+    small.fraction_check_pending = True
+    assert small.sample_prob == pytest.approx(background_keep_prob(0.1))  # below the cap

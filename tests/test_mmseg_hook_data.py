@@ -436,6 +436,82 @@ def test_hook_sets_progress_in_a_real_runner(tmp_path):
     assert probe.seen == [0.0, 0.5]
 
 
+def _fraction_check_config(tmp_path, iters: int, **hook):
+    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
+    opts = tiny_unet_options(str(tmp_path / "wd"), iters=iters)
+    opts.update(
+        {
+            "data_root": str(root),
+            "train_dataloader.batch_size": 2,
+            "val_cfg": None,
+            "val_dataloader": None,
+            "val_evaluator": None,
+            "train_cfg.val_interval": 100,
+            # told far more than the data's 30 %: every unannotated pixel kept (s = 1)
+            "model.decode_head.loss_decode.annotated_fraction": 0.95,
+            "model.auxiliary_head.loss_decode.annotated_fraction": 0.95,
+        }
+    )
+    cfg = load_config(str(CONFIGS / "unet_s5-d16_ece_partial-nuclei.py"), opts)
+    cfg.custom_hooks = [dict(type="SparseLossAnnealingHook", **hook)]
+    return cfg
+
+
+def test_hook_checks_the_annotated_fraction_against_the_labelled_data(tmp_path):
+    """At 20 % of training the hook compares the given f with the heads' estimates (gathered
+    from 10 to 20 %), and trains on with the largest where f exceeds it more than the
+    tolerance; a resumed run keeps the outcome; check_fraction=False leaves f alone."""
+    from sparse_ext.losses import background_keep_prob
+
+    cfg = _fraction_check_config(tmp_path, 10, min_estimate_iters=1, fraction_tolerance=1.0)
+    runner = Runner.from_cfg(cfg)
+    decode = runner.model.decode_head.loss_decode.criterion
+    aux = runner.model.auxiliary_head.loss_decode.criterion
+    keep_probs = []
+    runner.model.decode_head.loss_decode.register_forward_hook(
+        lambda *_: keep_probs.append(decode.sample_prob)
+    )
+    runner.train()
+    # f capped at 0.2 until the check, then the estimate
+    assert keep_probs[:2] == [pytest.approx(background_keep_prob(0.2))] * 2
+    assert not decode.fraction_check_pending and not aux.fraction_check_pending
+    # one estimating iteration (progress 0.1), checked before the third (progress 0.2)
+    assert decode.fraction_estimate.updates == 1 and aux.fraction_estimate.updates == 1
+    estimate = max(decode.fraction_estimate.value, aux.fraction_estimate.value)
+    assert 0 < estimate < 0.95
+    assert decode.checked_fraction == aux.checked_fraction == pytest.approx(estimate)
+    assert decode.annotated_fraction == 0.95  # the given value is kept for reference
+    assert decode.sample_prob == pytest.approx(background_keep_prob(estimate))
+
+    # resume from the last checkpoint: the outcome comes back with it, no second check
+    cfg.train_cfg.max_iters = 12
+    cfg.param_scheduler[0]["end"] = 12
+    cfg.resume = True
+    cfg.load_from = str(tmp_path / "wd" / "iter_10.pth")
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    assert resumed.model.decode_head.loss_decode.criterion.checked_fraction == pytest.approx(
+        estimate
+    )
+    assert resumed.model.auxiliary_head.loss_decode.criterion.fraction_estimate.updates == 0
+
+
+def test_hook_without_the_check_or_enough_estimates_keeps_the_given_fraction(tmp_path):
+    for hook, updates in (
+        (dict(check_fraction=False, fraction_tolerance=1.0), 1),
+        (dict(min_estimate_iters=2, fraction_tolerance=1.0), 1),
+    ):
+        cfg = _fraction_check_config(tmp_path, 10, **hook)
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        decode = runner.model.decode_head.loss_decode.criterion
+        assert decode.fraction_estimate.updates == updates
+        assert decode.checked_fraction in (None, 0.95)
+        assert decode.sample_prob == 1.0 and not decode.fraction_check_pending
+    with pytest.raises(ValueError, match="fraction_tolerance"):
+        HOOKS.build(dict(type="SparseLossAnnealingHook", fraction_tolerance=0.5))
+
+
 def test_disc_image_has_nuclei():
     img, inst = disc_image(np.random.default_rng(0))
     assert inst.max() >= 3 and img[inst > 0].mean() > img[inst == 0].mean() + 100

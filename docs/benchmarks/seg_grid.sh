@@ -12,6 +12,13 @@ bench() {  # bench DATASET FRACTIONS LOSSES SEEDS
     --threads "${THREADS:-2}"
 }
 for d in hela hgsc; do bench "$d" 10,30,50,100 threshold 0,1,2; done
+# the annotated-fraction check (SparseLossAnnealingHook): told twice the true 30 %, and told right
+for s in 0 1 2; do
+  for d in hela hgsc; do bench "$d" 30 ece_f_double,ce_sampled_f_double,ece,ce_sampled "$s"; done
+done
+for s in 0 1 2; do
+  for d in hela hgsc; do bench "$d" 50 ece,ce_sampled "$s"; done
+done
 # which recipe to recommend: the alternatives to ECE at 30 %, first seed
 for d in hela hgsc; do bench "$d" 30 ce_sampled,nnpu 0; done
 # the cells the "done when" reads first, every seed of both datasets

@@ -49,7 +49,18 @@ BASE_COLUMNS = (
 )
 TAIL_COLUMNS = ("config", "overrides", "started_utc", "session", "error")
 METRIC_COLUMNS: Dict[str, Tuple[str, ...]] = {
-    "seg": ("dice", "iou", "aji", "object_f1", "object_precision", "object_recall"),
+    # f_estimate / f_used: the annotated fraction the labelled data gave at 20 % of training and
+    # the one the loss trained on after it (SparseLossAnnealingHook's check; blank: no check)
+    "seg": (
+        "dice",
+        "iou",
+        "aji",
+        "object_f1",
+        "object_precision",
+        "object_recall",
+        "f_estimate",
+        "f_used",
+    ),
     "det": (
         "f1",
         "precision",

@@ -212,11 +212,29 @@ def _threshold_floor(ctx: RunContext) -> Dict[str, Any]:
     return dict(seconds=time.perf_counter() - start, sec_per_iter=0.0, **metrics)
 
 
+def fraction_check(model) -> Dict[str, float]:
+    """The outcome of ``SparseLossAnnealingHook``'s annotated-fraction check on a trained model:
+    ``f_estimate`` (the largest of the losses' estimates) and ``f_used`` (the decode head's f
+    after the check); empty where no loss checked its f."""
+    losses = [m for m in model.modules() if getattr(m, "checked_fraction", None) is not None]
+    if not losses:
+        return {}
+    estimates = [m.fraction_estimate.value for m in losses if m.fraction_estimate.value]
+    return {
+        "f_estimate": max(estimates) if estimates else float("nan"),
+        "f_used": losses[0].checked_fraction,
+    }
+
+
 def train_and_evaluate(cfg, data_root: str, *, verbose: bool = False) -> SegRunResult:
-    """Train ``cfg`` and score the test frames with :func:`evaluate_segmentor`."""
-    (metrics, predictions), seconds, per_iter = train_then(
-        cfg, lambda runner: evaluate_segmentor(runner.model, cfg, data_root), verbose=verbose
-    )
+    """Train ``cfg`` and score the test frames with :func:`evaluate_segmentor`; the metrics
+    include :func:`fraction_check`'s outcome."""
+
+    def evaluate(runner) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+        metrics, predictions = evaluate_segmentor(runner.model, cfg, data_root)
+        return {**metrics, **fraction_check(runner.model)}, predictions
+
+    (metrics, predictions), seconds, per_iter = train_then(cfg, evaluate, verbose=verbose)
     return SegRunResult(seconds, per_iter, metrics, predictions)
 
 

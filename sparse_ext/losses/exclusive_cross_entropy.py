@@ -29,6 +29,14 @@ from sparse_ext.losses._validate import (
     check_schedule,
     check_unit,
 )
+from sparse_ext.losses.fraction import (
+    FRACTION_ESTIMATE_END,
+    FRACTION_ESTIMATE_START,
+    FRACTION_TOLERANCE,
+    UNCHECKED_FRACTION_CEILING,
+    LabelFrequencyEstimate,
+    checked_fraction,
+)
 from sparse_ext.losses.schedules import ConstantSchedule, _clamp01, build_schedule
 
 __all__ = [
@@ -577,6 +585,28 @@ def exclusive_cross_entropy(
     return _ExclusiveCrossEntropyFn.apply(logits, target, annotated, s)
 
 
+# rho from which no unannotated term is excluded in practice: the model's scores are then those
+# of cross-entropy with background sampling, which LabelFrequencyEstimate reads.
+_NO_EXCLUSION = 0.99
+
+
+def _foreground_scores(
+    logits: Tensor, target: Tensor, annotated: Optional[Tensor], use_sigmoid: bool, ignore: int
+) -> tuple[Tensor, Tensor]:
+    """The foreground probability (1 - p(background)) of the non-ignored elements, and where
+    they are annotated foreground."""
+    with torch.no_grad():
+        valid = target != ignore
+        labelled = (target != 0) & valid
+        if annotated is not None:
+            labelled &= annotated.bool()
+        if use_sigmoid:
+            scores = torch.sigmoid(logits.reshape(target.shape).float())
+        else:
+            scores = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+        return scores[valid], labelled[valid]
+
+
 class ExclusiveCrossEntropy(nn.Module):
     """Exclusive cross-entropy (Panteli et al., ICCV 2021, Eq. 7/8) with rho on a schedule.
 
@@ -595,6 +625,9 @@ class ExclusiveCrossEntropy(nn.Module):
             is known, :func:`background_keep_prob` of it.
         annotated_fraction: the share f in (0, 1] of the objects that carry a label (also
             :meth:`set_annotated_fraction`); used only where ``sampling_schedule`` is None.
+            While :attr:`fraction_check_pending` (set by a training loop that will call
+            :meth:`check_annotated_fraction`, e.g. MMSeg's ``SparseLossAnnealingHook``), f is
+            capped at :data:`~sparse_ext.losses.fraction.UNCHECKED_FRACTION_CEILING`.
         use_sigmoid, confidence, focal_alpha, focal_gamma, ignore_index, reduction: as in
             :func:`exclusive_cross_entropy`.
     """
@@ -632,6 +665,9 @@ class ExclusiveCrossEntropy(nn.Module):
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.progress = 0.0
+        self.fraction_estimate = LabelFrequencyEstimate()
+        self.checked_fraction: Optional[float] = None
+        self.fraction_check_pending = False
 
     def set_progress(self, p: float) -> None:
         """Set the fraction of training done (clamped to [0, 1])."""
@@ -640,6 +676,31 @@ class ExclusiveCrossEntropy(nn.Module):
     def set_annotated_fraction(self, annotated_fraction: float) -> None:
         """Set the share f in (0, 1] of the objects that carry a label."""
         self.annotated_fraction = check_fraction("annotated_fraction", annotated_fraction)
+        self.checked_fraction = None
+
+    @property
+    def estimating(self) -> bool:
+        """Whether the forward feeds :attr:`fraction_estimate`: from
+        :data:`~sparse_ext.losses.fraction.FRACTION_ESTIMATE_START` to ``FRACTION_ESTIMATE_END``
+        of training, while rho excludes nothing (so that unannotated objects are scored like the
+        annotated ones)."""
+        return (
+            FRACTION_ESTIMATE_START <= self.progress < FRACTION_ESTIMATE_END
+            and self.rho >= _NO_EXCLUSION
+        )
+
+    def check_annotated_fraction(
+        self, estimate: Optional[float], tolerance: float = FRACTION_TOLERANCE
+    ) -> float:
+        """Compare the annotated fraction with ``estimate`` (e.g. :attr:`fraction_estimate`'s
+        value) and train on with :func:`~sparse_ext.losses.fraction.checked_fraction` of the
+        two; returns it. Only the keep probability derived from f changes (not an explicit
+        ``sampling_schedule``)."""
+        if self.annotated_fraction is None:
+            raise ValueError("check_annotated_fraction: no annotated_fraction set")
+        self.checked_fraction = checked_fraction(self.annotated_fraction, estimate, tolerance)
+        self.fraction_check_pending = False
+        return self.checked_fraction
 
     @property
     def rho(self) -> float:
@@ -651,8 +712,13 @@ class ExclusiveCrossEntropy(nn.Module):
         """The probability of keeping an unannotated term at the current progress."""
         if self.sampling_schedule is not None:
             return float(self.sampling_schedule(self.progress))
+        if self.checked_fraction is not None:
+            return background_keep_prob(self.checked_fraction)
         if self.annotated_fraction is not None:
-            return background_keep_prob(self.annotated_fraction)
+            f = self.annotated_fraction
+            if self.fraction_check_pending:
+                f = min(f, UNCHECKED_FRACTION_CEILING)
+            return background_keep_prob(f)
         return 1.0
 
     def forward(
@@ -665,7 +731,8 @@ class ExclusiveCrossEntropy(nn.Module):
         reduction: Optional[str] = None,
     ) -> Tensor:
         """The loss at the current progress; ``ignore_index``/``reduction`` override the module's."""
-        return exclusive_cross_entropy(
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        loss = exclusive_cross_entropy(
             logits,
             target,
             annotated,
@@ -675,9 +742,14 @@ class ExclusiveCrossEntropy(nn.Module):
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
             sample_prob=self.sample_prob,
-            ignore_index=self.ignore_index if ignore_index is None else ignore_index,
+            ignore_index=ignore,
             reduction=self.reduction if reduction is None else reduction,
         )
+        if self.estimating and torch.is_grad_enabled():
+            self.fraction_estimate.update(
+                *_foreground_scores(logits, target, annotated, self.use_sigmoid, ignore)
+            )
+        return loss
 
     def extra_repr(self) -> str:
         parts = [f"schedule={self.schedule!r}"]
@@ -685,6 +757,8 @@ class ExclusiveCrossEntropy(nn.Module):
             parts.append(f"sampling_schedule={self.sampling_schedule!r}")
         elif self.annotated_fraction is not None:
             parts.append(f"annotated_fraction={self.annotated_fraction:g}")
+            if self.checked_fraction not in (None, self.annotated_fraction):
+                parts.append(f"checked_fraction={self.checked_fraction:g}")
         parts.append(f"confidence={self.confidence!r}")
         if self.use_sigmoid:
             parts.append("use_sigmoid=True")
