@@ -500,6 +500,19 @@ def test_seg_recipe_checks_ratios_margins_and_worst_seed():
     row = next(x for x in lines if x.startswith("| ce_sampled | 30 |"))
     # mean 0.8: 0.8 / 0.9 of CE@100, 0.7 above CE@30, worst seed 0.7
     assert row == "| ce_sampled | 30 | 0.800 ± 0.100 (2) | 0.889 | +0.700 | 0.700 |"
+    assert tool.fraction_checks(rows) == []  # rows without the check's columns
+    fcn = rows + [
+        {"loss": "fcn_ce", "fraction": "100", "dice": "0.5"},
+        {"loss": "fcn_ece", "fraction": "30", "dice": "0.4"},
+    ]
+    row = next(x for x in tool.checks(fcn) if x.startswith("| fcn_ece | 30 |"))
+    assert (
+        row
+        == "| fcn_ece | 30 | 0.400 ± 0.000 (1) | 0.800 (fcn_ce@100 0.500 ± 0.000 (1)) | - | 0.400 |"
+    )
+    rows[3].update(f_estimate="0.28", f_used="0.28")
+    rows[4].update(f_estimate="0.35", f_used="0.3")
+    assert tool.fraction_checks(rows)[-1] == "| ce_sampled | 30 | 2 | 0.280-0.350 | 0.280-0.300 |"
 
 
 def test_det_one_annotation_per_patch_protocol(tmp_path):

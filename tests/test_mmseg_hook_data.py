@@ -496,6 +496,30 @@ def test_hook_checks_the_annotated_fraction_against_the_labelled_data(tmp_path):
     assert resumed.model.auxiliary_head.loss_decode.criterion.fraction_estimate.updates == 0
 
 
+def test_hook_restores_the_check_before_the_data_hand_over_their_fraction(tmp_path):
+    """Resuming: the checkpoint's outcome is loaded before before_train gives the losses the
+    data's f; the losses train on with the stored f and do not check again."""
+    from sparse_ext.losses import background_keep_prob
+    from sparse_ext.mmseg.hooks import _CHECKED_KEY
+
+    cfg = _fraction_check_config(tmp_path, 5, min_estimate_iters=1)
+    for head in ("decode_head", "auxiliary_head"):
+        del cfg.model[head].loss_decode["annotated_fraction"]  # f from the data: 0.3
+    runner = Runner.from_cfg(cfg)
+    hook = next(h for h in runner.hooks if type(h).__name__ == "SparseLossAnnealingHook")
+    stored = {
+        "decode_head.loss_decode.criterion": 0.25,
+        "auxiliary_head.loss_decode.criterion": 0.25,
+    }
+    hook.after_load_checkpoint(runner, {"meta": {_CHECKED_KEY: stored}})
+    runner.train()
+    decode = runner.model.decode_head.loss_decode.criterion
+    assert decode.annotated_fraction == pytest.approx(0.3)  # handed over by before_train
+    assert decode.checked_fraction == pytest.approx(0.25)
+    assert decode.sample_prob == pytest.approx(background_keep_prob(0.25))
+    assert not decode.fraction_check_pending
+
+
 def test_hook_without_the_check_or_enough_estimates_keeps_the_given_fraction(tmp_path):
     for hook, updates in (
         (dict(check_fraction=False, fraction_tolerance=1.0), 1),

@@ -3,7 +3,8 @@
 Reads ``<dir>/seg.csv`` written by ``sparse-ext benchmark --task seg`` (docs/benchmarks/seg_grid.sh)
 and prints one markdown table per dataset: each recipe's Dice (mean ± std over seeds, number of
 seeds) against CE with every object labelled (CE@100) and plain CE at the same fraction, its worst
-seed, and with f misspecified at a true 30 %::
+seed, and with f misspecified at a true 30 %; then the outcome of the annotated-fraction check
+(the CSV's ``f_estimate`` / ``f_used``)::
 
     .venv/bin/python tools/seg_recipe_checks.py docs/benchmarks/seg_hela docs/benchmarks/seg_hgsc
 """
@@ -20,7 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sparse_ext.benchmark.results import ResultsTable, summarise  # noqa: E402
 
 RECIPES = ("ce_sampled", "ece", "nnpu", "ece_paper", "focal")
-MISSPECIFIED = ("ce_sampled_f_half", "ce_sampled_f_double", "ece_f_half", "ece_f_double")
+MISSPECIFIED = (
+    "ce_sampled_f_half",
+    "ce_sampled_f_double",
+    "ece_f_half",
+    "ece_f_double",
+    "ce_sampled_f_fallback",
+)
+# the ResNet FCN recipes, against the FCN with CE on every object (fcn_ce at 100 %)
+FCN_RECIPES = ("fcn_ce_sampled", "fcn_ece")
 
 
 def _cell(stats: Dict[int, tuple], fraction: int) -> str:
@@ -46,17 +55,51 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
         "| loss | annotated % | Dice (seeds) | x CE@100 | - CE at same % | worst seed |",
         "|---|---|---|---|---|---|",
     ]
-    for loss in (*RECIPES, *MISSPECIFIED):
+    fcn_full = dice.get("fcn_ce", {}).get(100, (float("nan"), 0.0, 0))[0]
+    for loss in (*RECIPES, *MISSPECIFIED, *FCN_RECIPES):
         for fraction in (10, 30, 50):
             if fraction not in dice.get(loss, {}):
                 continue
             mean = dice[loss][fraction][0]
+            if loss in FCN_RECIPES:  # its CE@100 is the FCN's; no plain FCN CE at 30 %
+                lines.append(
+                    f"| {loss} | {fraction} | {_cell(dice[loss], fraction)} | "
+                    f"{mean / fcn_full:.3f} (fcn_ce@100 {_cell(dice.get('fcn_ce', {}), 100)}) "
+                    f"| - | {worst[(loss, fraction)]:.3f} |"
+                )
+                continue
             plain = ce.get(fraction)
             margin = f"{mean - plain[0]:+.3f}" if plain else "-"
             lines.append(
                 f"| {loss} | {fraction} | {_cell(dice[loss], fraction)} | {mean / full:.3f} "
                 f"| {margin} | {worst[(loss, fraction)]:.3f} |"
             )
+    return lines + ["", *fraction_checks(rows)]
+
+
+def fraction_checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
+    """Markdown lines: per recipe and fraction, the range over seeds of the annotated fraction
+    the labelled data gave at 20 % of training (``f_estimate``) and of the f the loss trained on
+    after ``SparseLossAnnealingHook``'s check (``f_used``)."""
+    found: Dict[tuple, List[tuple]] = {}
+    for r in rows:
+        if r.get("f_used") not in (None, ""):
+            found.setdefault((r["loss"], int(r["fraction"])), []).append(
+                (float(r["f_estimate"]), float(r["f_used"]))
+            )
+    if not found:
+        return []
+    lines = [
+        "| loss | annotated % | runs | f estimate at 20 % (min-max) | f used after it (min-max) |",
+        "|---|---|---|---|---|",
+    ]
+    for (loss, fraction), values in sorted(found.items()):
+        est = [e for e, _ in values]
+        used = [u for _, u in values]
+        lines.append(
+            f"| {loss} | {fraction} | {len(values)} | {min(est):.3f}-{max(est):.3f} "
+            f"| {min(used):.3f}-{max(used):.3f} |"
+        )
     return lines
 
 

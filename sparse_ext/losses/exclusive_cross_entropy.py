@@ -676,7 +676,6 @@ class ExclusiveCrossEntropy(nn.Module):
     def set_annotated_fraction(self, annotated_fraction: float) -> None:
         """Set the share f in (0, 1] of the objects that carry a label."""
         self.annotated_fraction = check_fraction("annotated_fraction", annotated_fraction)
-        self.checked_fraction = None
 
     @property
     def estimating(self) -> bool:

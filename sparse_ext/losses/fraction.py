@@ -45,8 +45,8 @@ FRACTION_ESTIMATE_END = 0.2
 #: The largest f the recipes train with until the check (:attr:`ExclusiveCrossEntropy.
 #: fraction_check_pending`): an over-estimated f breaks training within its first tens of
 #: iterations, before any estimate exists, and a later correction does not undo it (told 0.6 at
-#: a true 0.3, corrected to 0.29 at 20 %: the labelled pixels' score stayed at 0.47 to the end;
-#: docs/benchmarks). Told 0.15 at a true 0.3 trains well.
+#: a true 0.3 and corrected at 20 %, HeLa still ended at Dice 0; docs/benchmarks). Told 0.15 at
+#: a true 0.3 trains well.
 UNCHECKED_FRACTION_CEILING = 0.2
 
 #: How many times a given f may exceed the labelled data's estimate before the estimate replaces

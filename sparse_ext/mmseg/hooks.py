@@ -204,7 +204,8 @@ class SparseLossAnnealingHook(Hook):
             return
         self._checked = True
         self._checked_fractions = dict(checked)
-        for name, module in _fraction_losses(runner.model):
+        # before before_train: f from the data (or the fallback) is not set yet
+        for name, module in _fraction_losses(runner.model, given_only=False):
             if name in checked:
                 module.checked_fraction = float(checked[name])
 
