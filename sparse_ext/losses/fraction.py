@@ -51,7 +51,7 @@ UNCHECKED_FRACTION_CEILING = 0.2
 
 #: How many times a given f may exceed the labelled data's estimate before the estimate replaces
 #: it (:func:`checked_fraction`). The estimate is biased low, so a smaller margin would override
-#: correct values (docs/benchmarks: 0.24 to 0.30 at a true 0.3 at the end of the warm-up).
+#: correct values (docs/benchmarks: 0.26 to 0.35 at a true 0.3 at the end of the warm-up).
 FRACTION_TOLERANCE = 1.5
 
 # object shares are kept below 1: a share of 1 leaves no background to learn
