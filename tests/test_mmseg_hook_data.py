@@ -480,6 +480,7 @@ def test_hook_checks_the_annotated_fraction_against_the_labelled_data(tmp_path):
     estimate = max(decode.fraction_estimate.value, aux.fraction_estimate.value)
     assert 0 < estimate < 0.95
     assert decode.checked_fraction == aux.checked_fraction == pytest.approx(estimate)
+    assert decode.checked_estimate == aux.checked_estimate == pytest.approx(estimate)
     assert decode.annotated_fraction == 0.95  # the given value is kept for reference
     assert decode.sample_prob == pytest.approx(background_keep_prob(estimate))
 
@@ -521,16 +522,18 @@ def test_hook_restores_the_check_before_the_data_hand_over_their_fraction(tmp_pa
 
 
 def test_hook_without_the_check_or_enough_estimates_keeps_the_given_fraction(tmp_path):
-    for hook, updates in (
-        (dict(check_fraction=False, fraction_tolerance=1.0), 1),
-        (dict(min_estimate_iters=2, fraction_tolerance=1.0), 1),
+    # off: never checked; on, with one estimating batch against the two asked for: checked
+    # without an estimate, the given f kept
+    for hook, checked in (
+        (dict(check_fraction=False, fraction_tolerance=1.0), None),
+        (dict(min_estimate_iters=2, fraction_tolerance=1.0), 0.95),
     ):
         cfg = _fraction_check_config(tmp_path, 10, **hook)
         runner = Runner.from_cfg(cfg)
         runner.train()
         decode = runner.model.decode_head.loss_decode.criterion
-        assert decode.fraction_estimate.updates == updates
-        assert decode.checked_fraction in (None, 0.95)
+        assert decode.fraction_estimate.updates == 1
+        assert decode.checked_fraction == checked and decode.checked_estimate is None
         assert decode.sample_prob == 1.0 and not decode.fraction_check_pending
     with pytest.raises(ValueError, match="fraction_tolerance"):
         HOOKS.build(dict(type="SparseLossAnnealingHook", fraction_tolerance=0.5))

@@ -213,15 +213,15 @@ def _threshold_floor(ctx: RunContext) -> Dict[str, Any]:
 
 
 def fraction_check(model) -> Dict[str, float]:
-    """The outcome of ``SparseLossAnnealingHook``'s annotated-fraction check on a trained model:
-    ``f_estimate`` (the largest of the losses' estimates) and ``f_used`` (the decode head's f
-    after the check); empty where no loss checked its f."""
+    """The outcome of ``SparseLossAnnealingHook``'s annotated-fraction check on a trained model,
+    as the decode head's loss saw it: ``f_estimate`` (the estimate the check used; NaN: none)
+    and ``f_used`` (f after the check); empty where no loss checked its f."""
     losses = [m for m in model.modules() if getattr(m, "checked_fraction", None) is not None]
     if not losses:
         return {}
-    estimates = [m.fraction_estimate.value for m in losses if m.fraction_estimate.value]
+    estimate = losses[0].checked_estimate
     return {
-        "f_estimate": max(estimates) if estimates else float("nan"),
+        "f_estimate": float("nan") if estimate is None else estimate,
         "f_used": losses[0].checked_fraction,
     }
 

@@ -667,6 +667,7 @@ class ExclusiveCrossEntropy(nn.Module):
         self.progress = 0.0
         self.fraction_estimate = LabelFrequencyEstimate()
         self.checked_fraction: Optional[float] = None
+        self.checked_estimate: Optional[float] = None
         self.fraction_check_pending = False
 
     def set_progress(self, p: float) -> None:
@@ -693,11 +694,13 @@ class ExclusiveCrossEntropy(nn.Module):
     ) -> float:
         """Compare the annotated fraction with ``estimate`` (e.g. :attr:`fraction_estimate`'s
         value) and train on with :func:`~sparse_ext.losses.fraction.checked_fraction` of the
-        two; returns it. Only the keep probability derived from f changes (not an explicit
+        two (kept in :attr:`checked_fraction`, the estimate in :attr:`checked_estimate`); returns
+        it. Only the keep probability derived from f changes (not an explicit
         ``sampling_schedule``)."""
         if self.annotated_fraction is None:
             raise ValueError("check_annotated_fraction: no annotated_fraction set")
         self.checked_fraction = checked_fraction(self.annotated_fraction, estimate, tolerance)
+        self.checked_estimate = estimate
         self.fraction_check_pending = False
         return self.checked_fraction
 
