@@ -37,6 +37,14 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && verify 2>/dev/null; the
   exit 0
 fi
 pipi() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+# The torch/torchvision pair alone is about 5 GB once installed, and pip unpacks it in TMPDIR first:
+# say so before pip fails with a bare "No space left on device".
+for where in "$VENV" "${TMPDIR:-/tmp}"; do
+  free_gb=$(df -Pk "$where" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}')
+  if [ -n "$free_gb" ] && [ "$free_gb" -lt 10 ]; then
+    echo "[setup] WARNING: only $free_gb GB free where $where is; the set-up needs about 10 GB" >&2
+  fi
+done
 find_wheel() {  # find_wheel PATTERN: first folder of PIP_FIND_LINKS holding a file matching PATTERN
   for d in ${PIP_FIND_LINKS:-}; do
     ls "$d"/$1 >/dev/null 2>&1 && echo "$d" && return 0

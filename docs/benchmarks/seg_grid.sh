@@ -57,7 +57,9 @@ for s in 0 1 2; do
     bench "$d" 50 ce,nnpu "$s"
   done
 done
-for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,ece_paper,nnpu,ce_sampled,ece_pkg 0,1,2; done
+# the whole grid: every loss it names, every fraction, three seeds; then ECE as published
+for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,nnpu,ce_sampled,ece_pkg 0,1,2; done
+for d in hela hgsc; do bench "$d" 10,30,50,100 ece_paper 0,1,2; done
 # f unknown: the fallback f = 0.2 the loss assumes, at true 10 % and 50 %
 for s in 0 1 2; do
   for d in hela hgsc; do bench "$d" 10,50 ce_sampled_f_fallback "$s"; done
