@@ -436,6 +436,45 @@ def test_hook_sets_progress_in_a_real_runner(tmp_path):
     assert probe.seen == [0.0, 0.5]
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "unet_s5-d16_nnpu_partial-nuclei.py",
+        "unet_s5-d16_sampled-ce_partial-nuclei.py",
+        "unet_s5-d16_ece_partial-nuclei.py",
+        "unet_s5-d16_ece-focal_partial-nuclei.py",
+    ],
+)
+def test_shipped_recipes_train_on_the_datas_annotated_fraction(name, tmp_path):
+    """Every shipped recipe whose loss takes f gets the data's f (here 0.3) from its hook before
+    the first step: no fallback (0.2, with a warning), which at a true 10 % halved nnPU's pi_u
+    and collapsed it to background."""
+    import warnings
+
+    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
+    opts = tiny_unet_options(str(tmp_path / "wd"), iters=1)
+    opts.update(
+        {
+            "data_root": str(root),
+            "train_dataloader.batch_size": 2,
+            "default_hooks.checkpoint.interval": -1,
+            "val_cfg": None,
+            "val_dataloader": None,
+            "val_evaluator": None,
+            "train_cfg.val_interval": 100,
+        }
+    )
+    runner = Runner.from_cfg(load_config(str(CONFIGS / name), opts))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*annotated fraction is unknown")
+        runner.train()
+    takers = [
+        m for m in runner.model.modules() if callable(getattr(m, "set_annotated_fraction", None))
+    ]
+    assert len(takers) >= 2  # the decode and the auxiliary head (and their criteria)
+    assert all(m.annotated_fraction == pytest.approx(0.3) for m in takers)
+
+
 def _fraction_check_config(tmp_path, iters: int, **hook):
     root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
     opts = tiny_unet_options(str(tmp_path / "wd"), iters=iters)

@@ -57,6 +57,8 @@ for s in 0 1 2; do
     bench "$d" 50 ce,nnpu "$s"
   done
 done
+# the nnPU recipe with its hook (before it, it trained on the fallback f = 0.2: Dice 0.000 at 10 %)
+for d in hela hgsc; do bench "$d" 10,30,50,100 nnpu 0,1,2; done
 # the whole grid: every loss it names, every fraction, three seeds; then ECE as published
 for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,nnpu,ce_sampled,ece_pkg 0,1,2; done
 for d in hela hgsc; do bench "$d" 10,30,50,100 ece_paper 0,1,2; done
