@@ -84,7 +84,7 @@ def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path, capsys):
     kwargs = dict(
         task="seg",
         fractions=(30, 100),
-        losses=("ce", "ece"),
+        losses=("ce", "ece", "nnpu"),
         seeds=(0,),
         iters=2,
         quick=True,
@@ -98,8 +98,10 @@ def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path, capsys):
     assert [(r["loss"], r["fraction"]) for r in rows] == [
         ("ce", "30"),
         ("ece", "30"),
+        ("nnpu", "30"),
         ("ce", "100"),
         ("ece", "100"),
+        ("nnpu", "100"),
     ]
     for r in rows:
         assert r["status"] == "ok", r["error"]
@@ -109,28 +111,29 @@ def test_benchmark_end_to_end_csv_plot_and_resume(tiny_data, tmp_path, capsys):
         assert float(r["seconds"]) > 0 and float(r["sec_per_iter"]) > 0
         assert r["config"].startswith("configs/mmseg/")
         # the annotated-fraction check: the ECE recipe trained on with the data's f (two
-        # iterations give no estimate); cross-entropy has no check
-        if r["loss"] == "ece":
+        # iterations give no estimate); nnPU has no check but gets the data's f (not the
+        # fallback 0.2); cross-entropy takes no f
+        if r["loss"] in ("ece", "nnpu"):
             assert float(r["f_used"]) == int(r["fraction"]) / 100 and r["f_estimate"] == "nan"
         else:
             assert r["f_used"] == r["f_estimate"] == ""
     assert os.path.getsize(os.path.join(out, "seg.png")) > 1000
     progress = [x for x in lines if x.startswith("[seg] ")]
-    assert sum("s/iter" in x for x in progress) == 4
+    assert sum("s/iter" in x for x in progress) == 6
     assert any("cost_vs_ce" in x for x in lines)
     bar = capsys.readouterr().err  # tqdm: runs done / total, elapsed<ETA
-    assert "0/4" in bar and "4/4" in bar and "<" in bar
+    assert "0/6" in bar and "6/6" in bar and "<" in bar
 
     # second call: every run is finished, nothing is trained again
     lines.clear()
     before = os.path.getmtime(os.path.join(out, "seg.csv"))
     run_benchmark(tiny_data, **kwargs)
-    assert sum("skipped" in x for x in lines) == 4
-    bar = capsys.readouterr().err  # runs done before start the bar at 4/4
-    assert "4/4" in bar and "0/4" not in bar
+    assert sum("skipped" in x for x in lines) == 6
+    bar = capsys.readouterr().err  # runs done before start the bar at 6/6
+    assert "6/6" in bar and "0/6" not in bar
     assert not any("s/iter" in x for x in lines)
     assert os.path.getmtime(os.path.join(out, "seg.csv")) == before
-    assert len(_read(os.path.join(out, "seg.csv"))) == 4
+    assert len(_read(os.path.join(out, "seg.csv"))) == 6
 
 
 def test_demo_code_path_tiny_schedule(tiny_data, tmp_path):
@@ -604,3 +607,66 @@ def test_derived_data_is_kept_per_dataset(tmp_path):
     assert hela.derived_data_dir == ctx(tmp_path / "data" / "hela").derived_data_dir
     assert os.path.basename(hela.derived_data_dir).startswith("hela-")
     assert os.path.dirname(hela.derived_data_dir) == str(tmp_path / "work" / "lsr" / "_data")
+
+
+def test_train_then_scores_the_averaged_weights_of_an_ema_hook(tmp_path):
+    """A config with mmengine's EMAHook is scored with its averaged weights, as runner.test()
+    would, and the trained weights are back in the model afterwards."""
+    from _mmseg_tiny_data import CONFIGS, tiny_unet_options, write_partial_nuclei
+
+    from sparse_ext.benchmark.mmengine_runs import train_then
+    from sparse_ext.mmseg.config import load_config
+
+    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
+    opts = tiny_unet_options(str(tmp_path / "wd"), iters=3)
+    opts.update(
+        {
+            "data_root": str(root),
+            "train_dataloader.batch_size": 2,
+            "default_hooks.checkpoint.interval": -1,
+            "val_cfg": None,
+            "val_dataloader": None,
+            "val_evaluator": None,
+        }
+    )
+    cfg = load_config(str(CONFIGS / "unet_s5-d16_ce_partial-nuclei.py"), opts)
+    cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5)]
+    seen = {}
+
+    def after(runner):
+        hook = next(h for h in runner.hooks if type(h).__name__ == "EMAHook")
+        seen["runner"], seen["hook"] = runner, hook
+        seen["scored"] = runner.model.decode_head.conv_seg.weight.detach().clone()
+        return "done"
+
+    result, seconds, per_iter = train_then(cfg, after)
+    assert result == "done" and seconds > 0 and per_iter > 0
+    trained = seen["runner"].model.decode_head.conv_seg.weight.detach()
+    averaged = seen["hook"].ema_model.module.decode_head.conv_seg.weight.detach()
+    assert torch.equal(seen["scored"], averaged)
+    assert not torch.equal(trained, averaged)
+
+
+def test_train_then_lets_the_fallback_fraction_warning_through(tmp_path):
+    """train_then silences the frameworks' UserWarnings, not a loss saying it assumes f."""
+    from _mmseg_tiny_data import CONFIGS, tiny_unet_options, write_partial_nuclei
+
+    from sparse_ext.benchmark.mmengine_runs import train_then
+    from sparse_ext.mmseg.config import load_config
+
+    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
+    opts = tiny_unet_options(str(tmp_path / "wd"), iters=1)
+    opts.update(
+        {
+            "data_root": str(root),
+            "train_dataloader.batch_size": 2,
+            "default_hooks.checkpoint.interval": -1,
+            "val_cfg": None,
+            "val_dataloader": None,
+            "val_evaluator": None,
+        }
+    )
+    cfg = load_config(str(CONFIGS / "unet_s5-d16_nnpu_partial-nuclei.py"), opts)
+    cfg.custom_hooks = []  # nothing hands the data's f over
+    with pytest.warns(UserWarning, match="annotated fraction is unknown"):
+        train_then(cfg, lambda runner: None)

@@ -59,6 +59,8 @@ for s in 0 1 2; do
 done
 # the nnPU recipe with its hook (before it, it trained on the fallback f = 0.2: Dice 0.000 at 10 %)
 for d in hela hgsc; do bench "$d" 10,30,50,100 nnpu 0,1,2; done
+# the shipped ECE + focal recipe (Eq. 8) at 10-50 %
+for d in hela hgsc; do bench "$d" 10,30,50 ece_focal 0; done
 # the whole grid: every loss it names, every fraction, three seeds; then ECE as published
 for d in hela hgsc; do bench "$d" 10,30,50,100 ce,focal,ece,nnpu,ce_sampled,ece_pkg 0,1,2; done
 for d in hela hgsc; do bench "$d" 10,30,50,100 ece_paper 0,1,2; done

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Tuple, TypeVar
 import numpy as np
 
 from sparse_ext.benchmark.context import RunContext
+from sparse_ext.losses.fraction import FALLBACK_WARNING
 
 T = TypeVar("T")
 
@@ -142,8 +143,11 @@ def _sec_per_iter(runner, seconds: float, iters: int) -> float:
 
 
 def train_then(cfg, after: Callable[[Any], T], *, verbose: bool = False) -> Tuple[T, float, float]:
-    """Train ``cfg`` with ``Runner.from_cfg(cfg).train()``, then call ``after(runner)`` (scoring);
-    returns its result, the training seconds and the seconds per iteration."""
+    """Train ``cfg`` with ``Runner.from_cfg(cfg).train()``, then call ``after(runner)`` (scoring;
+    with the averaged weights where the config has mmengine's ``EMAHook``, as ``runner.test()``
+    would); returns its result, the training seconds and the seconds per iteration."""
+    from mmengine.hooks import EMAHook
+
     # sparse_ext.mmseg is imported by the configs' custom_imports; the peer loss is ours
     import sparse_ext.benchmark.reference_ece  # noqa: F401
 
@@ -151,11 +155,20 @@ def train_then(cfg, after: Callable[[Any], T], *, verbose: bool = False) -> Tupl
     with warnings.catch_warnings():
         if not verbose:  # the frameworks' deprecation/advice warnings, once per run
             warnings.simplefilter("ignore", UserWarning)
+            # ... but not the losses' own: a loss that falls back to a default f says so
+            warnings.filterwarnings("default", message=FALLBACK_WARNING)
         runner = _build_runner(cfg, verbose)
         start = time.perf_counter()
         runner.train()
         seconds = time.perf_counter() - start
-        result = after(runner)
+        ema = next((h for h in runner.hooks if isinstance(h, EMAHook)), None)
+        if ema is not None:
+            ema.before_test_epoch(runner)  # swaps the averaged weights in
+        try:
+            result = after(runner)
+        finally:
+            if ema is not None:
+                ema.after_test_epoch(runner)
     for handler in list(runner.logger.handlers):  # mmengine keeps the log file open otherwise
         if isinstance(handler, logging.FileHandler):
             handler.close()

@@ -215,10 +215,17 @@ def _threshold_floor(ctx: RunContext) -> Dict[str, Any]:
 def fraction_check(model) -> Dict[str, float]:
     """The outcome of ``SparseLossAnnealingHook``'s annotated-fraction check on a trained model,
     as the decode head's loss saw it: ``f_estimate`` (the estimate the check used; NaN: none)
-    and ``f_used`` (f after the check); empty where no loss checked its f."""
+    and ``f_used`` (f after the check; for a loss without the check, e.g. nnPU, the f it was
+    given); empty where no loss takes f."""
     losses = [m for m in model.modules() if getattr(m, "checked_fraction", None) is not None]
     if not losses:
-        return {}
+        given = [
+            m.annotated_fraction
+            for m in model.modules()
+            if callable(getattr(m, "set_annotated_fraction", None))
+            and getattr(m, "annotated_fraction", None) is not None
+        ]
+        return {"f_estimate": float("nan"), "f_used": given[0]} if given else {}
     estimate = losses[0].checked_estimate
     return {
         "f_estimate": float("nan") if estimate is None else estimate,

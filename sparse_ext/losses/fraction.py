@@ -19,6 +19,7 @@ from sparse_ext.losses._validate import check_fraction, check_range, check_unit
 
 __all__ = [
     "FALLBACK_ANNOTATED_FRACTION",
+    "FALLBACK_WARNING",
     "FRACTION_ESTIMATE_END",
     "FRACTION_ESTIMATE_START",
     "FRACTION_TOLERANCE",
@@ -56,6 +57,11 @@ FRACTION_TOLERANCE = 1.5
 
 # object shares are kept below 1: a share of 1 leaves no background to learn
 _MAX_SHARE = 0.99
+
+
+#: A regular expression matching the warning of :func:`fallback_annotated_fraction` (for
+#: ``warnings.filterwarnings(message=...)``).
+FALLBACK_WARNING = r".*: the annotated fraction is unknown"
 
 
 def fallback_annotated_fraction(owner: str) -> float:
