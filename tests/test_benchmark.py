@@ -516,6 +516,11 @@ def test_seg_recipe_checks_ratios_margins_and_worst_seed():
     rows[3].update(f_estimate="0.28", f_used="0.28")
     rows[4].update(f_estimate="0.35", f_used="0.3")
     assert tool.fraction_checks(rows)[-1] == "| ce_sampled | 30 | 2 | 0.280-0.350 | 0.280-0.300 |"
+    # a loss without the check (nnPU) records the f it was given and no estimate
+    rows.append(
+        {"loss": "nnpu", "fraction": "10", "dice": "0.9", "f_estimate": "nan", "f_used": "0.1"}
+    )
+    assert tool.fraction_checks(rows)[-1] == "| nnpu | 10 | 1 | - | 0.100-0.100 |"
 
 
 def test_det_one_annotation_per_patch_protocol(tmp_path):

@@ -12,6 +12,7 @@ seed, and with f misspecified at a true 30 %; then the outcome of the annotated-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Dict, List, Mapping, Sequence
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_ext.benchmark.results import ResultsTable, summarise  # noqa: E402
 
-RECIPES = ("ce_sampled", "ece", "nnpu", "ece_paper", "focal")
+RECIPES = ("ce_sampled", "ece", "nnpu", "ece_focal", "ece_paper", "focal")
 MISSPECIFIED = (
     "ce_sampled_f_half",
     "ce_sampled_f_double",
@@ -94,10 +95,11 @@ def fraction_checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
         "|---|---|---|---|---|",
     ]
     for (loss, fraction), values in sorted(found.items()):
-        est = [e for e, _ in values]
+        est = [e for e, _ in values if not math.isnan(e)]  # NaN: no estimate (nnPU: no check)
         used = [u for _, u in values]
+        est_range = f"{min(est):.3f}-{max(est):.3f}" if est else "-"
         lines.append(
-            f"| {loss} | {fraction} | {len(values)} | {min(est):.3f}-{max(est):.3f} "
+            f"| {loss} | {fraction} | {len(values)} | {est_range} "
             f"| {min(used):.3f}-{max(used):.3f} |"
         )
     return lines
