@@ -184,3 +184,22 @@ def cfg_options_argv(options: dict) -> List[str]:
 
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def tiny_training_options(tmp_path: Path, iters: int) -> dict:
+    """--cfg-options for a training-only Runner of a tiny UNet partial-nuclei config on freshly
+    written data (two training frames at 30 %): no validation, no checkpoints."""
+    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
+    opts = tiny_unet_options(str(tmp_path / "wd"), iters=iters)
+    opts.update(
+        {
+            "data_root": str(root),
+            "train_dataloader.batch_size": 2,
+            "default_hooks.checkpoint.interval": -1,
+            "val_cfg": None,
+            "val_dataloader": None,
+            "val_evaluator": None,
+            "train_cfg.val_interval": 100,
+        }
+    )
+    return opts

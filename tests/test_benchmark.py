@@ -617,23 +617,12 @@ def test_derived_data_is_kept_per_dataset(tmp_path):
 def test_train_then_scores_the_averaged_weights_of_an_ema_hook(tmp_path):
     """A config with mmengine's EMAHook is scored with its averaged weights, as runner.test()
     would, and the trained weights are back in the model afterwards."""
-    from _mmseg_tiny_data import CONFIGS, tiny_unet_options, write_partial_nuclei
+    from _mmseg_tiny_data import CONFIGS, tiny_training_options
 
     from sparse_ext.benchmark.mmengine_runs import train_then
     from sparse_ext.mmseg.config import load_config
 
-    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
-    opts = tiny_unet_options(str(tmp_path / "wd"), iters=3)
-    opts.update(
-        {
-            "data_root": str(root),
-            "train_dataloader.batch_size": 2,
-            "default_hooks.checkpoint.interval": -1,
-            "val_cfg": None,
-            "val_dataloader": None,
-            "val_evaluator": None,
-        }
-    )
+    opts = tiny_training_options(tmp_path, iters=3)
     cfg = load_config(str(CONFIGS / "unet_s5-d16_ce_partial-nuclei.py"), opts)
     cfg.custom_hooks = [dict(type="EMAHook", momentum=0.5)]
     seen = {}
@@ -654,23 +643,12 @@ def test_train_then_scores_the_averaged_weights_of_an_ema_hook(tmp_path):
 
 def test_train_then_lets_the_fallback_fraction_warning_through(tmp_path):
     """train_then silences the frameworks' UserWarnings, not a loss saying it assumes f."""
-    from _mmseg_tiny_data import CONFIGS, tiny_unet_options, write_partial_nuclei
+    from _mmseg_tiny_data import CONFIGS, tiny_training_options
 
     from sparse_ext.benchmark.mmengine_runs import train_then
     from sparse_ext.mmseg.config import load_config
 
-    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
-    opts = tiny_unet_options(str(tmp_path / "wd"), iters=1)
-    opts.update(
-        {
-            "data_root": str(root),
-            "train_dataloader.batch_size": 2,
-            "default_hooks.checkpoint.interval": -1,
-            "val_cfg": None,
-            "val_dataloader": None,
-            "val_evaluator": None,
-        }
-    )
+    opts = tiny_training_options(tmp_path, iters=1)
     cfg = load_config(str(CONFIGS / "unet_s5-d16_nnpu_partial-nuclei.py"), opts)
     cfg.custom_hooks = []  # nothing hands the data's f over
     with pytest.warns(UserWarning, match="annotated fraction is unknown"):

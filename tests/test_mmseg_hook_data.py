@@ -19,6 +19,7 @@ require("mmseg", hint=MMSEG_HINT)
 from _mmseg_tiny_data import (  # noqa: E402
     CONFIGS,
     disc_image,
+    tiny_training_options,
     tiny_unet_options,
     write_lsr_blocks,
     write_partial_nuclei,
@@ -394,17 +395,9 @@ def test_set_training_progress_reaches_nested_losses():
 def test_hook_sets_progress_in_a_real_runner(tmp_path):
     """The ECE config's hook: p = iter / max_iters before each iteration moves the decode head's
     rho along its schedule; epoch-based loops: p = epoch / max_epochs."""
-    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
-    opts = tiny_unet_options(str(tmp_path / "wd"), iters=3)
+    opts = tiny_training_options(tmp_path, iters=3)
     opts.update(
         {
-            "data_root": str(root),
-            "train_dataloader.batch_size": 2,
-            "default_hooks.checkpoint.interval": -1,
-            "val_cfg": None,
-            "val_dataloader": None,
-            "val_evaluator": None,
-            "train_cfg.val_interval": 100,
             "model.decode_head.loss_decode.schedule": dict(
                 _delete_=True, type="linear", start=0.2, end=1.0
             ),
@@ -451,19 +444,7 @@ def test_shipped_recipes_train_on_the_datas_annotated_fraction(name, tmp_path):
     and collapsed it to background."""
     import warnings
 
-    root = write_partial_nuclei(tmp_path / "data", n_train=2, n_val=1)
-    opts = tiny_unet_options(str(tmp_path / "wd"), iters=1)
-    opts.update(
-        {
-            "data_root": str(root),
-            "train_dataloader.batch_size": 2,
-            "default_hooks.checkpoint.interval": -1,
-            "val_cfg": None,
-            "val_dataloader": None,
-            "val_evaluator": None,
-            "train_cfg.val_interval": 100,
-        }
-    )
+    opts = tiny_training_options(tmp_path, iters=1)
     runner = Runner.from_cfg(load_config(str(CONFIGS / name), opts))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*annotated fraction is unknown")
