@@ -474,16 +474,20 @@ def test_mmseg_train_tool_two_processes_ece(tmp_path):
 @pytest.mark.slow  # ~25-40 s: a second MMSeg run; the ECE run above is the default one
 def test_mmseg_train_tool_two_processes_lsr_grouped_batches(tmp_path):
     """The LSR config: InfiniteSampler + GroupedBlockBatchSampler under DDP give each rank whole
-    same-label groups of its own blocks; a sampler that does not shard is refused."""
+    same-label groups of its own blocks; a sampler that does not shard is refused. The groups
+    follow the data's order (``label_sampling="data"``): the default draws a group's label
+    uniformly and repeats the blocks of rare labels, so two ranks may share a block in a step;
+    24 blocks keep the two steps inside one epoch of each rank's shard."""
     pytest.importorskip("mmseg")
     import csv
 
     from _mmseg_tiny_data import tiny_lsr_options, write_lsr_blocks
 
     root = tmp_path / "lsr"
-    labels = {f"f0_r{i}_c0": i % 2 for i in range(12)}
+    labels = {f"f0_r{i}_c0": i % 2 for i in range(24)}
     write_lsr_blocks(root / "train", labels, block=32, num_labels=2)
     opts = tiny_lsr_options(str(tmp_path / "work"), str(root))
+    opts["train_dataloader.batch_sampler.label_sampling"] = "data"
     opts.update({"val_cfg": None, "val_dataloader": None, "val_evaluator": None})
     records = _mmseg_torchrun(tmp_path, "unet_s5-d16_lsr-intra-inter_lsr-blocks.py", opts)
     _check_ddp_records(records, 2, "decode.loss_lsr")

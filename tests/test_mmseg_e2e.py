@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _frameworks import MMSEG_HINT, require
+from PIL import Image
 
 require("mmseg", hint=MMSEG_HINT)
 
@@ -132,6 +134,18 @@ def test_lsr_intra_inter_train_and_test_through_tools(tmp_path):
         [config, str(work / "iter_2.pth"), "--cfg-options", *cfg_options_argv(opts)]
     )
     assert "mIoU" in metrics and "sparse/Dice" in metrics
+    # tools/lsr_block_check.py on the config as trained: every block once, its true share read
+    # from its mask, its predicted share from the model
+    dumped = str(work / Path(config).name)
+    stats = _tool("lsr_block_check").block_stats(dumped, str(work / "iter_2.pth"))
+    assert sorted(stats["labels"]) == [0, 1]
+    for z, cell in stats["labels"].items():
+        names = [n for n, label in labels.items() if label == z]
+        masks = [np.array(Image.open(root / "train" / "masks" / f"{n}.png")) for n in names]
+        assert cell["true"] == pytest.approx([float((m == 1).mean()) for m in masks])
+        assert len(cell["predicted"]) == len(names)
+        assert all(0.0 <= p <= 1.0 for p in cell["predicted"])
+    assert 0.0 <= stats["dice"] <= 1.0
 
 
 def test_mim_train_route_with_custom_imports(tmp_path):
