@@ -51,15 +51,15 @@ Modes (``mode``) set which (mu, sigma2) are matched:
   variance 0.
 - ``"intra_inter"`` (Eq. 11): sigma2 = mean_k sigma2_k + mean_k mu_k^2 - mu^2.
 
-In the inter modes the reference distance's log term stays the blocks' own confidence term,
-mean_k log(v_k + floor) (as in the intra mode; the group variance enters the denominator only),
-and the group variance is held constant in the gradient (a stop-gradient; the loss's value is
-unchanged). The denominator is the spread that makes a missed group mean tolerable; with its
-gradient, the network also lowers the matching term by pushing the blocks of one label apart:
-on the H&E tiles one of three intra+inter runs met the labels' means with blocks saturated at 0
-or 1 (up to half of a label's blocks; block shares spread up to 0.4 around the mean, the true
-masks' 0.03) and nuclei in the wrong places (Dice 0.006 on the test frames); the same run
-with the stop-gradient reached 0.75 (docs/benchmarks, LSR section; tools/lsr_block_check.py). In
+In the inter modes the reference distance's log term reads the group's spread,
+log(mean_k v_k + mean_k (mu_k - mu)^2 + floor): the blocks' pixel variance (Eq. 3, as in the
+intra mode) plus the variance of their means. In the reference code the log term and the
+denominator read the same variance, so a variance that makes a missed mean cheap costs in the
+log; a log term of the pixel variance alone (mean_k log(v_k + floor), an earlier form here) left
+the spread of a label's blocks free, and an H&E intra+inter run met the labels' means with up to
+half of a label's blocks saturated at 0 or 1 (block shares spread up to 0.4 around the mean, the
+true masks' 0.03) and nuclei in the wrong places (Dice 0.006 on the test frames; docs/benchmarks,
+LSR section; tools/lsr_block_check.py shows a model's per-label shares). In
 every mode the loss is the mean, over the (l, z) groups present in the batch, of the group's
 distance (the reference codes sum over l; with a fixed number of classes that is a constant
 factor).
@@ -236,12 +236,8 @@ def lsr_loss(
     else:  # Eq. 11
         variance = (group_mean(sigma2) + group_mean(mu.square()) - mean_mu.square()).clamp_min(0)
     if distance == "reference":
-        # a normaliser, not a target: with its gradient the network lowers the matching term by
-        # spreading a label's blocks apart (whole blocks saturated at 0 or 1)
-        variance = variance.detach()
-        per_group = _interval_term(mean_mu, variance, eta, rho) + group_mean(
-            torch.log(v + variance_floor)
-        )
+        spread = group_mean(v) + group_mean((mu - mean_mu[group]).square())
+        per_group = _interval_term(mean_mu, variance, eta, rho) + torch.log(spread + variance_floor)
     else:
         per_group = _distance(mean_mu, variance, eta, rho, variance_floor, distance)
     return per_group[present].mean()
