@@ -38,13 +38,20 @@ def block_stats(config: str, checkpoint: str, every: int = 1, nucleus: int = 1) 
     cfg = Config.fromfile(config)
     train = cfg.train_dataloader.dataset
     root = osp.join(train.data_root, osp.dirname(train.ann_file))
-    eta, _, _ = load_lsr_table(osp.join(root, "table.json"))
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    eta, _, classes = load_lsr_table(osp.join(root, "table.json"))
     with open(osp.join(root, "block_labels.csv"), newline="") as f:
-        rows = list(csv.reader(f))[1::every]
+        header, *rows = list(csv.reader(f))
+    # one label per block ("block,z") or one per class ("block,z_<class>,...")
+    column = f"z_{classes[nucleus]}" if "z" not in header else "z"
+    if column not in header:
+        raise KeyError(f"{root}/block_labels.csv has no column {column!r} (header {header})")
+    rows = [(r[0], int(r[header.index(column)])) for r in rows[::every] if r]
     model = init_model(cfg, checkpoint, device="cpu")
     labels: dict = defaultdict(lambda: {"predicted": [], "true": []})
     tp = fp = fn = 0
-    for name, z in ((r[0], int(r[1])) for r in rows):
+    for name, z in rows:
         name = name if name.endswith(".png") else name + ".png"
         pred = inference_model(model, osp.join(root, "blocks", name)).pred_sem_seg.data[0]
         pred = pred.numpy() == nucleus
@@ -63,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="use every n-th block")
     parser.add_argument("--nucleus", type=int, default=1, help="the class whose share is z")
     args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error(f"--every must be >= 1, got {args.every}")
     stats = block_stats(args.config, args.checkpoint, args.every, args.nucleus)
     print("z  blocks  eta    nucleus share: predicted / true (mean +- std over blocks)  saturated")
     for z, cell in stats["labels"].items():

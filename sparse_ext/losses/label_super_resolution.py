@@ -54,15 +54,15 @@ Modes (``mode``) set which (mu, sigma2) are matched:
 In the inter modes the reference distance's log term reads the group's spread,
 log(mean_k v_k + mean_k (mu_k - mu)^2 + floor): the blocks' pixel variance (Eq. 3, as in the
 intra mode) plus the variance of their means. In the reference code the log term and the
-denominator read the same variance, so a variance that makes a missed mean cheap costs in the
-log; a log term of the pixel variance alone (mean_k log(v_k + floor), an earlier form here) left
-the spread of a label's blocks free, and an H&E intra+inter run met the labels' means with up to
-half of a label's blocks saturated at 0 or 1 (block shares spread up to 0.4 around the mean, the
-true masks' 0.03) and nuclei in the wrong places (Dice 0.006 on the test frames; docs/benchmarks,
-LSR section; tools/lsr_block_check.py shows a model's per-label shares). In
-every mode the loss is the mean, over the (l, z) groups present in the batch, of the group's
-distance (the reference codes sum over l; with a fixed number of classes that is a constant
-factor).
+denominator read the same variance (up to Eq. 14's 1 / |X|), so a variance that makes a missed
+mean cheap costs in the log; a log term of the pixel variance alone (mean_k log(v_k + floor), an
+earlier form here) left the spread of a label's blocks free, and an H&E intra+inter run met the
+labels' means with up to half of a label's blocks saturated at 0 or 1 (block shares spread up
+to 0.4 around the mean, the true masks' 0.03) and nuclei in the wrong places (Dice 0.006 on the
+test frames; docs/benchmarks, LSR section; tools/lsr_block_check.py shows a model's per-label
+shares). In every mode the loss is the mean, over the (l, z) groups present in the batch, of
+the group's distance (the reference codes sum over l; with a fixed number of classes that is a
+constant factor).
 """
 
 from __future__ import annotations
