@@ -32,8 +32,10 @@ def block_stats(config: str, checkpoint: str, every: int = 1, nucleus: int = 1) 
     from mmseg.apis import inference_model, init_model
 
     import sparse_ext.mmseg  # noqa: F401  (registers the LSR dataset, transforms and loss)
+    from sparse_ext.benchmark.seg import pooled_dice_iou
     from sparse_ext.data.io import read_image
     from sparse_ext.losses.label_super_resolution import load_lsr_table
+    from sparse_ext.metrics import binary_confusion
 
     cfg = Config.fromfile(config)
     train = cfg.train_dataloader.dataset
@@ -50,17 +52,17 @@ def block_stats(config: str, checkpoint: str, every: int = 1, nucleus: int = 1) 
     rows = [(r[0], int(r[header.index(column)])) for r in rows[::every] if r]
     model = init_model(cfg, checkpoint, device="cpu")
     labels: dict = defaultdict(lambda: {"predicted": [], "true": []})
-    tp = fp = fn = 0
+    counts = np.zeros(3, dtype=np.int64)
     for name, z in rows:
         name = name if name.endswith(".png") else name + ".png"
         pred = inference_model(model, osp.join(root, "blocks", name)).pred_sem_seg.data[0]
         pred = pred.numpy() == nucleus
         mask = read_image(osp.join(root, "masks", name)) == nucleus
-        tp, fp, fn = tp + (pred & mask).sum(), fp + (pred & ~mask).sum(), fn + (~pred & mask).sum()
+        counts += binary_confusion(mask, pred)[:3]
         labels[z]["eta"] = float(eta[nucleus, z])
         labels[z]["predicted"].append(float(pred.mean()))
         labels[z]["true"].append(float(mask.mean()))
-    return {"labels": dict(sorted(labels.items())), "dice": 2 * tp / max(2 * tp + fp + fn, 1)}
+    return {"labels": dict(sorted(labels.items())), "dice": pooled_dice_iou(*counts)["dice"]}
 
 
 def main(argv: list[str] | None = None) -> int:
