@@ -156,7 +156,7 @@ def test_demo_code_path_tiny_schedule(tiny_data, tmp_path):
     [
         (
             "lsr",
-            ("intra_inter", "lowres"),
+            ("intra_inter", "lowres", "inter_highres", "highres"),
             dict(block=16, bins=4, unet_base_channels=8),
             ("dice", "iou", "masked_dice", "masked_iou"),
         ),
@@ -228,6 +228,39 @@ def test_lowres_baseline_predicts_the_table_majority_per_block(tmp_path):
     assert scores["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert scores["iou"] == pytest.approx(tp / (tp + fp + fn))
     assert 0.0 < scores["masked_dice"] < 1.0
+
+
+def test_highres_blocks_are_a_fixed_share_of_the_training_blocks_with_their_masks(
+    tiny_data, tmp_path
+):
+    from skimage.io import imread
+
+    from sparse_ext.benchmark.lsr import prepare_highres, prepare_lsr_blocks
+
+    root = prepare_lsr_blocks(os.path.join(tiny_data, "hela"), str(tmp_path), 16, 4)
+    train = os.path.join(root, "train")
+    rows = {r["block"]: r for r in _read(os.path.join(train, "block_labels.csv"))}
+    folder, labels = prepare_highres(root, 0.25)
+    assert (folder, labels) == ("train/highres_25pct", "train/block_labels_highres_25pct.csv")
+    chosen = _read(os.path.join(root, labels))
+    assert len(chosen) == round(0.25 * len(rows))
+    files = sorted(os.listdir(os.path.join(root, folder)))
+    assert files == sorted(r["block"] for r in chosen)  # the CSV names the files
+    for r in chosen:
+        assert r == rows[r["block"]]  # the block's labels unchanged
+        np.testing.assert_array_equal(
+            imread(os.path.join(root, folder, r["block"])),
+            imread(os.path.join(train, "masks", r["block"])),
+        )
+    # built once: a second call keeps the same blocks; a tiny share still gives one block
+    mtime = os.path.getmtime(os.path.join(root, labels))
+    assert prepare_highres(root, 0.25) == (folder, labels)
+    assert os.path.getmtime(os.path.join(root, labels)) == mtime
+    assert len(_read(os.path.join(root, prepare_highres(root, 1e-6)[1]))) == 1
+    assert not glob.glob(os.path.join(train, "*.partial"))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="highres_fraction"):
+            prepare_highres(root, bad)
 
 
 def test_maxmin_tiles_labels_follow_the_nucleus_fraction(tiny_data, tmp_path):

@@ -12,13 +12,13 @@ and the pixel Dice on the blocks (their masks are evaluation-only)::
     python tools/lsr_block_check.py WORK_DIR/CONFIG.py WORK_DIR/iter_3000.pth [--every 5]
 
 CONFIG is the LSR config as trained (the benchmark writes it into its work dir); its train
-dataset's ``data_root`` holds ``train/{blocks,masks,block_labels.csv,table.json}``.
+dataset (``LSRBlockDataset``) is read as training read it, and the true shares come from the
+``masks/`` folder that ``sparse-ext convert lsr-blocks`` writes beside ``blocks/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os.path as osp
 from collections import defaultdict
 
@@ -27,39 +27,37 @@ import numpy as np
 
 def block_stats(config: str, checkpoint: str, every: int = 1, nucleus: int = 1) -> dict:
     """{"labels": {z: {"eta", "predicted" (shares), "true" (shares)}}, "dice": pixel Dice} over
-    every ``every``-th training block of ``config``'s LSR dataset."""
+    every ``every``-th block (in the order of the dataset: sorted names) of ``config``'s
+    ``LSRBlockDataset``; z is the block's label for class ``nucleus``, the true share is read
+    from the converter's ``masks/`` beside the ``blocks/`` folder."""
     from mmengine.config import Config
+    from mmengine.registry import init_default_scope
     from mmseg.apis import inference_model, init_model
+    from mmseg.registry import DATASETS
 
     import sparse_ext.mmseg  # noqa: F401  (registers the LSR dataset, transforms and loss)
     from sparse_ext.benchmark.seg import pooled_dice_iou
     from sparse_ext.data.io import read_image
-    from sparse_ext.losses.label_super_resolution import load_lsr_table
     from sparse_ext.metrics import binary_confusion
 
-    cfg = Config.fromfile(config)
-    train = cfg.train_dataloader.dataset
-    root = osp.join(train.data_root, osp.dirname(train.ann_file))
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    eta, _, classes = load_lsr_table(osp.join(root, "table.json"))
-    with open(osp.join(root, "block_labels.csv"), newline="") as f:
-        header, *rows = list(csv.reader(f))
-    # one label per block ("block,z") or one per class ("block,z_<class>,...")
-    column = f"z_{classes[nucleus]}" if "z" not in header else "z"
-    if column not in header:
-        raise KeyError(f"{root}/block_labels.csv has no column {column!r} (header {header})")
-    rows = [(r[0], int(r[header.index(column)])) for r in rows[::every] if r]
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    if not hasattr(dataset, "eta"):
+        raise TypeError(f"{config}: the train dataset is {type(dataset).__name__}, not LSR blocks")
     model = init_model(cfg, checkpoint, device="cpu")
     labels: dict = defaultdict(lambda: {"predicted": [], "true": []})
     counts = np.zeros(3, dtype=np.int64)
-    for name, z in rows:
-        name = name if name.endswith(".png") else name + ".png"
-        pred = inference_model(model, osp.join(root, "blocks", name)).pred_sem_seg.data[0]
-        pred = pred.numpy() == nucleus
-        mask = read_image(osp.join(root, "masks", name)) == nucleus
+    for i in range(0, len(dataset), every):
+        info = dataset.get_data_info(i)
+        blocks, name = osp.split(info["img_path"])
+        z = int(info["block_label"][nucleus])
+        pred = inference_model(model, info["img_path"]).pred_sem_seg.data[0].numpy() == nucleus
+        mask = read_image(osp.join(osp.dirname(blocks), "masks", name)) == nucleus
         counts += binary_confusion(mask, pred)[:3]
-        labels[z]["eta"] = float(eta[nucleus, z])
+        labels[z]["eta"] = float(dataset.eta[nucleus, z])
         labels[z]["predicted"].append(float(pred.mean()))
         labels[z]["true"].append(float(mask.mean()))
     return {"labels": dict(sorted(labels.items())), "dice": pooled_dice_iou(*counts)["dice"]}

@@ -21,6 +21,11 @@ done
 for s in 0 1 2; do
   for d in hela hgsc; do bench lsr "$d" ce_full "$s"; done
 done
+# "& high res" (Zhao, Hou et al., Table 3): LSR plus CE on the masks of 5 % of the blocks, and
+# CE on those blocks alone (their "high res")
+for s in 0 1 2; do
+  for d in hgsc hela; do bench lsr "$d" inter_highres,highres "$s"; done
+done
 # max-min: the rest of Belharbi et al.'s Table 4 rows
 for s in 0 1 2; do
   for d in hela hgsc; do

@@ -24,6 +24,12 @@ Two specs train nothing (no config; the spec's name picks them):
   the table's expected nucleus share, mean_k eta[nucleus][z_k], of the training pixels on the
   nucleus side), then applied to the full test frames. A trained LSR model has to beat it to show that it learned
   more than the stain's brightness.
+
+The "& high res" specs (``inter_highres``, ``intra_inter_highres``; their Sec. 3.1.4 and Table 3,
+the only setting in which the paper reports the inter-instance loss) add cross-entropy on the
+full masks of a few training blocks (:func:`prepare_highres`: a fixed random
+``highres_fraction`` of them, the same blocks for every seed); ``highres`` is their "high res"
+row, cross-entropy on those blocks alone.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from sparse_ext.benchmark.seg import pooled_dice_iou, train_and_evaluate
 __all__ = [
     "build_config",
     "lowres_predictions",
+    "prepare_highres",
     "prepare_lsr_blocks",
     "run",
     "score_lsr",
@@ -78,6 +85,41 @@ def prepare_lsr_blocks(data_root: str, cache: str, block: int, bins: int) -> str
     return root
 
 
+def prepare_highres(lsr_root: str, fraction: float, seed: int = 0) -> Tuple[str, str]:
+    """The limited high-resolution labels of the "& high res" runs: the masks of a random
+    ``fraction`` of the training blocks (at least one; drawn once with ``seed``, so every run
+    seed sees the same blocks), copied to ``train/highres_<p>pct/`` with their rows of
+    ``block_labels.csv`` in ``train/block_labels_highres_<p>pct.csv``; both written once and
+    atomically. Returns the two paths relative to ``lsr_root``."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"highres_fraction must be in (0, 1], got {fraction}")
+    tag = f"highres_{100 * fraction:g}pct"
+    train = os.path.join(lsr_root, "train")
+    folder, labels = f"train/{tag}", f"train/block_labels_{tag}.csv"
+    if os.path.isdir(os.path.join(lsr_root, folder)) and os.path.isfile(
+        os.path.join(lsr_root, labels)
+    ):
+        return folder, labels
+    with open(os.path.join(train, "block_labels.csv"), newline="") as f:
+        header, *rows = [r for r in csv.reader(f) if r]
+    rows.sort(key=lambda r: r[0])
+    count = max(1, round(fraction * len(rows)))
+    chosen = sorted(np.random.default_rng(seed).choice(len(rows), count, replace=False))
+    tmp = os.path.join(lsr_root, folder) + ".partial"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    for i in chosen:
+        name = rows[i][0].strip()
+        name = name if name.endswith(".png") else name + ".png"
+        shutil.copyfile(os.path.join(train, "masks", name), os.path.join(tmp, name))
+    with open(os.path.join(lsr_root, labels) + ".partial", "w", newline="") as f:
+        csv.writer(f).writerows([header, *(rows[i] for i in chosen)])
+    os.replace(tmp, os.path.join(lsr_root, folder))
+    os.replace(os.path.join(lsr_root, labels) + ".partial", os.path.join(lsr_root, labels))
+    return folder, labels
+
+
 def _test_dataset(data_root: str) -> Dict[str, Any]:
     """The exhaustively labelled test frames (PartialNucleiDataset), as in the seg benchmark."""
     return dict(
@@ -107,6 +149,12 @@ def build_config(ctx: RunContext, lsr_root: str):
     for head in (cfg.model.decode_head, cfg.model.get("auxiliary_head")):
         if head and head.get("loss_decode", {}).get("type") == "LabelSuperResolutionLoss":
             head.loss_decode.table = table
+    if "highres_path" in train.data_prefix or ctx.spec.name == "highres":
+        folder, labels = prepare_highres(lsr_root, float(ctx.profile["highres_fraction"]))
+        if ctx.spec.name == "highres":  # cross-entropy on those blocks alone
+            train.ann_file = labels
+        else:
+            train.data_prefix.highres_path = folder
     cfg.test_dataloader.dataset = _test_dataset(ctx.data_root)
     configure_run(cfg, ctx)
     apply_profile(cfg, ctx.profile)  # block, bins and band_width are not the model's
