@@ -263,6 +263,48 @@ def test_highres_blocks_are_a_fixed_share_of_the_training_blocks_with_their_mask
             prepare_highres(root, bad)
 
 
+def test_highres_specs_train_on_the_chosen_blocks(tiny_data, tmp_path):
+    """inter_highres: every block with its label, the chosen ones with their masks as high-res
+    labels; highres: the chosen blocks alone, cross-entropy on their masks, ungrouped batches."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import DATASETS
+
+    from sparse_ext.benchmark.lsr import build_config, prepare_highres, prepare_lsr_blocks
+    from sparse_ext.benchmark.specs import profile_for
+
+    profile = dict(profile_for("lsr", "quick"), block=16, bins=4, highres_fraction=0.25)
+    root = prepare_lsr_blocks(os.path.join(tiny_data, "hela"), str(tmp_path / "cache"), 16, 4)
+    folder, labels = prepare_highres(root, 0.25)
+    chosen = {r["block"][: -len(".png")] for r in _read(os.path.join(root, labels))}
+    init_default_scope("mmseg")
+    for name in ("inter_highres", "highres"):
+        cfg = build_config(
+            RunContext(
+                task="lsr",
+                spec=LOSSES["lsr"][name],
+                fraction=100,
+                seed=0,
+                iters=1,
+                mode="quick",
+                profile=profile,
+                data_root=os.path.join(tiny_data, "hela"),
+                work_dir=str(tmp_path / name),
+            ),  # fmt: skip
+            root,
+        )
+        data = DATASETS.build(cfg.train_dataloader.dataset)
+        infos = [data.get_data_info(i) for i in range(len(data))]
+        names = {os.path.basename(d["img_path"])[: -len(".png")]: d for d in infos}
+        if name == "highres":
+            assert set(names) == chosen and cfg.train_dataloader.get("batch_sampler") is None
+            assert cfg.model.decode_head.loss_decode.type == "CrossEntropyLoss"
+        else:
+            assert len(names) > len(chosen)
+            assert {n for n, d in names.items() if "highres_path" in d} == chosen
+            assert cfg.model.decode_head.loss_decode.mode == "inter"
+            assert cfg.model.decode_head.loss_decode.highres_weight > 0
+
+
 def test_maxmin_tiles_labels_follow_the_nucleus_fraction(tiny_data, tmp_path):
     from skimage.io import imread
 
