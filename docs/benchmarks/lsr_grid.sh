@@ -26,6 +26,7 @@ done
 for s in 0 1 2; do
   for d in hgsc hela; do bench lsr "$d" inter_highres,highres "$s"; done
 done
+for s in 0 1 2; do bench lsr hgsc intra_inter_highres "$s"; done
 # max-min: the rest of Belharbi et al.'s Table 4 rows
 for s in 0 1 2; do
   for d in hela hgsc; do
