@@ -39,13 +39,14 @@ def block_stats(config: str, checkpoint: str, every: int = 1, nucleus: int = 1) 
     from sparse_ext.benchmark.seg import pooled_dice_iou
     from sparse_ext.data.io import read_image
     from sparse_ext.metrics import binary_confusion
+    from sparse_ext.mmseg.datasets import LSRBlockDataset
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get("default_scope", "mmseg"))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    if not hasattr(dataset, "eta"):
+    if not isinstance(dataset, LSRBlockDataset):
         raise TypeError(f"{config}: the train dataset is {type(dataset).__name__}, not LSR blocks")
     model = init_model(cfg, checkpoint, device="cpu")
     labels: dict = defaultdict(lambda: {"predicted": [], "true": []})
