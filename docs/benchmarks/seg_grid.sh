@@ -50,6 +50,7 @@ for s in 0 1 2; do
 done
 # the ResNet recipe (MMSeg FCN, ResNetV1c-18) on HeLa
 for s in 0 1 2; do bench hela 30 fcn_ce_sampled,fcn_ece "$s"; bench hela 100 fcn_ce "$s"; done
+bench hela 30 fcn_ce 0,1,2  # the FCN's plain CE at the same 30 %
 for s in 0 1 2; do
   for d in hela hgsc; do
     bench "$d" 30 nnpu,ce_sampled,ece_paper "$s"
