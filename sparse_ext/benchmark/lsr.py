@@ -91,6 +91,8 @@ def prepare_highres(lsr_root: str, fraction: float, seed: int = 0) -> Tuple[str,
     seed sees the same blocks), copied to ``train/highres_<p>pct/`` with their rows of
     ``block_labels.csv`` in ``train/block_labels_highres_<p>pct.csv``; both written once and
     atomically. Returns the two paths relative to ``lsr_root``."""
+    from sparse_ext.data.io import write_csv
+
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"highres_fraction must be in (0, 1], got {fraction}")
     tag = f"highres_{100 * fraction:g}pct"
@@ -113,10 +115,8 @@ def prepare_highres(lsr_root: str, fraction: float, seed: int = 0) -> Tuple[str,
         name = rows[i][0].strip()
         name = name if name.endswith(".png") else name + ".png"
         shutil.copyfile(os.path.join(train, "masks", name), os.path.join(tmp, name))
-    with open(os.path.join(lsr_root, labels) + ".partial", "w", newline="") as f:
-        csv.writer(f).writerows([header, *(rows[i] for i in chosen)])
     os.replace(tmp, os.path.join(lsr_root, folder))
-    os.replace(os.path.join(lsr_root, labels) + ".partial", os.path.join(lsr_root, labels))
+    write_csv(os.path.join(lsr_root, labels), header, [rows[i] for i in chosen])
     return folder, labels
 
 
