@@ -34,6 +34,7 @@ from sparse_ext.losses.exclusive_cross_entropy import exclusive_cross_entropy  #
 from sparse_ext.losses.label_super_resolution import lsr_loss  # noqa: E402
 from sparse_ext.losses.nnpu import nnpu_loss  # noqa: E402
 from sparse_ext.mmseg.config import load_config  # noqa: E402
+from sparse_ext.mmseg.hooks import set_training_progress  # noqa: E402
 from sparse_ext.mmseg.losses import (  # noqa: E402
     ExclusiveCrossEntropyLoss,
     LabelSuperResolutionLoss,
@@ -394,6 +395,27 @@ def test_lsr_high_res_term_adds_cross_entropy():
     )
 
 
+def test_lsr_intra_warmup_matches_intra_statistics_until_its_end():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 2, 8, 8, generator=g)
+    z = [0, 1, 1, 2, 2, 2]
+    label = _block_maps(z)
+    module = LabelSuperResolutionLoss(table=TABLE, mode="inter", intra_warmup=0.2)
+    eta, rho = torch.tensor(TABLE["eta"]), torch.tensor(TABLE["rho"])
+    intra, inter = (lsr_loss(logits, torch.tensor(z), eta, rho, mode=m) for m in ("intra", "inter"))
+    assert not torch.allclose(intra, inter)
+    with pytest.raises(RuntimeError, match="SparseLossAnnealingHook"):
+        module(logits, label)  # training without the hook: no progress to end the warm-up
+    for progress, want in ((0.0, intra), (0.19, intra), (0.2, inter), (1.0, inter)):
+        module.set_progress(progress)
+        torch.testing.assert_close(module(logits, label), want)
+    module.set_progress(0.0)
+    module.eval()  # validation and test losses use the configured mode
+    torch.testing.assert_close(module(logits, label), inter)
+    plain = LabelSuperResolutionLoss(table=TABLE, mode="inter")  # no warm-up: no hook needed
+    torch.testing.assert_close(plain(logits, label), inter)
+
+
 def test_lsr_clear_errors():
     module = LabelSuperResolutionLoss(table=TABLE)
     logits = torch.randn(2, 2, 4, 4)
@@ -439,6 +461,10 @@ BAD_LOSS_SETTINGS = [
     (
         dict(type="LabelSuperResolutionLoss", table=TABLE, highres_weight=-1.0),
         "highres_weight must be a finite number >= 0",
+    ),
+    (
+        dict(type="LabelSuperResolutionLoss", table=TABLE, intra_warmup=1.0),
+        r"intra_warmup must be in \[0, 1\), got 1",
     ),
     (dict(type="OneHotFocalLoss", gamma=-1.0), "gamma must be a finite number >= 0, got -1"),
     (dict(type="OneHotFocalLoss", alpha=1.5), r"alpha must be in \[0, 1\], got 1.5"),
@@ -506,12 +532,15 @@ def lsr_root(tmp_path_factory):
     return root
 
 
-def _train_steps(cfg, steps=2):
-    """Real train_steps of the config's model on its own dataloader; returns the log vars of
-    the last step and the gradient norm reaching the backbone's first layer."""
+def _train_steps(cfg, steps=2, progress=None):
+    """Real train_steps of the config's model on its own dataloader (at ``progress``, as
+    SparseLossAnnealingHook would set it, if given); returns the log vars of the last step and
+    the gradient norm reaching the backbone's first layer."""
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train()
+    if progress is not None:
+        set_training_progress(model, progress)
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=0)
     it = iter(loader)
@@ -572,7 +601,7 @@ def test_lsr_configs_train(name, lsr_root, tmp_path):
         opts.pop(key)
     cfg = load_config(str(CONFIGS / name), opts)
     assert Path(cfg.model.decode_head.loss_decode.table).is_file()
-    log_vars, grad = _train_steps(cfg)
+    log_vars, grad = _train_steps(cfg, progress=0.5)  # past the inter config's intra warm-up
     _check_log(log_vars, "decode.loss_lsr")
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 

@@ -44,4 +44,8 @@ env_cfg = dict(cudnn_benchmark=False)
 # with these noisy two-group batches the last iterate varied by seed; on HGSC, intra, 3000
 # iterations, the average scored 0.763 / 0.651 / 0.718 masked Dice against 0.730 / 0.602 / 0.707
 # (docs/benchmarks/history/lsr_hgsc_ema_probe.csv).
-custom_hooks = [dict(type="EMAHook", momentum=0.002, priority="ABOVE_NORMAL")]
+# SparseLossAnnealingHook tells the loss how far training has got (the inter config's warm-up).
+custom_hooks = [
+    dict(type="EMAHook", momentum=0.002, priority="ABOVE_NORMAL"),
+    dict(type="SparseLossAnnealingHook"),
+]
