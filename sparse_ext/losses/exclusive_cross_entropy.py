@@ -277,8 +277,10 @@ def _confident_enough_to_keep(
     return (top2[:, 0] - top2[:, 1]) < rho
 
 
-def _focal_terms(log_p: Tensor, gamma: float) -> tuple[Tensor, float, Optional[Tensor], float]:
-    """Eq. 8's unannotated term over alpha and its derivative, elementwise from ``log_p``.
+def _focal_terms(
+    log_p: Tensor, gamma: float, kept: Tensor
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Eq. 8's unannotated terms over alpha and their derivatives, elementwise from ``log_p``.
 
     phi(u) = alpha * (1 - p_t)^gamma * u, u = -log p_t = CE (p_t = p(background)), and
     phi'(u) = alpha * (1 - p_t)^(gamma - 1) * S, S = (1 - p_t) + gamma * p_t * u.
@@ -286,13 +288,14 @@ def _focal_terms(log_p: Tensor, gamma: float) -> tuple[Tensor, float, Optional[T
     -expm1(log p_t); other powers than gamma = 1, 2 clamp it to >= 1e-12 (no infinite power at
     p_t = 1; a no-op elsewhere).
 
-    Returns (a, ka, b, kb) with phi / alpha = ka * a and phi' / alpha = kb * b elementwise
-    (b None: 1); the constant factors are folded into the caller's reductions. In place on two
-    buffers: every pass over the elements costs (see tools/bench_losses.py).
+    With r = (1 - p_t)^(gamma - 1) shared by both, returns (w, a, b): w = kept * r (in place on
+    ``kept``, the 0/1 weights of the kept unannotated terms), a = (1 - p_t) * log p_t and b = S
+    (None: 1), so that kept * phi / alpha = -w * a and kept * phi' / alpha = w * b. Every pass
+    over the elements costs (see tools/bench_losses.py): in place, on two buffers.
     """
     log_p0 = log_p[:, 0]
     if gamma == 0.0:  # a constant weight: phi = alpha * u
-        return log_p0, -1.0, None, 1.0
+        return kept, log_p0, None
     if log_p.shape[1] == 2:
         q = torch.exp(log_p[:, 1])  # 1 - p_t
         p_t = torch.exp(log_p0)
@@ -302,13 +305,11 @@ def _focal_terms(log_p: Tensor, gamma: float) -> tuple[Tensor, float, Optional[T
     if gamma not in (1.0, 2.0):
         q.clamp_min_(_FOCAL_EPS)
     s = torch.addcmul(q, p_t, log_p0, value=-gamma, out=p_t)  # S: p_t * u = -p_t * log p_t
-    if gamma == 1.0:  # phi = -alpha * q * log p_t, phi' = alpha * S
-        return q.mul_(log_p0), -1.0, s, 1.0
-    if gamma == 2.0:  # phi = -alpha * q^2 * log p_t, phi' = alpha * q * S
-        s.mul_(q)
-        return q.square_().mul_(log_p0), -1.0, s, 1.0
-    q_power = q.pow(gamma - 1.0)
-    return q.mul_(q_power).mul_(log_p0), -1.0, s.mul_(q_power), 1.0
+    if gamma == 2.0:
+        kept.mul_(q)
+    elif gamma != 1.0:
+        kept.mul_(q.pow(gamma - 1.0))
+    return kept, q.mul_(log_p0), s
 
 
 def _keep_weights(
@@ -350,7 +351,9 @@ def _one_hot_by_comparison(
     # On the CPU a host check is free and nll_loss's count is a serial loop: two parallel
     # reductions instead (the float sum of 0/1 is exact below 2^24 elements).
     labelled = one_hot.sum()
-    ignored = torch.count_nonzero(target_f == ignore_index)
+    # target_f is only a buffer from here on: the comparison written into it and summed is
+    # half the time of a bool mask and count_nonzero
+    ignored = torch.eq(target_f, ignore_index, out=target_f).sum()
     if int(labelled) + int(ignored) != target.numel():
         bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
         values = torch.unique(target[bad]).tolist()[:10]
@@ -423,17 +426,17 @@ class _ExclusiveCrossEntropyFn(torch.autograd.Function):
             kept = unannotated.clone() if keep is None else keep.mul_(unannotated)
             if shared:
                 weights[:, 0].zero_()
-            a, ka, b, kb = _focal_terms(log_p, s.focal_gamma)
+            w, a, b = _focal_terms(log_p, s.focal_gamma, kept)
             value = _linear_part(weights, log_p, s.reduction)
             alpha = s.focal_alpha
             if s.reduction == "none":
-                value = value + (kept * a).mul_(alpha * ka)
+                value = value - (w * a).mul_(alpha)
             else:
-                value = value + alpha * ka * _dot(kept, a)
+                value = value - alpha * _dot(w, a)
             if b is None:
-                weights[:, 0].add_(kept, alpha=alpha * kb)
+                weights[:, 0].add_(w, alpha=alpha)
             else:
-                weights[:, 0].addcmul_(kept, b, value=alpha * kb)
+                weights[:, 0].addcmul_(w, b, value=alpha)
         else:
             if shared:
                 if keep is not None:
