@@ -6,7 +6,7 @@ background keep probability, nnPU's prior) and were not given one in the config 
 the training dataset recorded (``metainfo["sparse_fraction"]``, see ``PartialNucleiDataset``).
 
 sparse_ext's annealed losses (ECE's rho schedule and background-sampling schedule, max-min's
-log-barrier t) expose ``set_progress(p)`` with p in [0, 1], the fraction of training done. This
+log-barrier t, LSR's intra warm-up) expose ``set_progress(p)`` with p in [0, 1], the fraction of training done. This
 hook, in the manner of mmdet's ``SetEpochInfoHook``, calls it before every training iteration on
 every sub-module of the model that has it: decode and auxiliary heads, lists of losses
 (``nn.ModuleList``), losses nested in other modules; model wrappers (DDP, FSDP) are unwrapped.
