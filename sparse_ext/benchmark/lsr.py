@@ -149,9 +149,9 @@ def build_config(ctx: RunContext, lsr_root: str):
     for head in (cfg.model.decode_head, cfg.model.get("auxiliary_head")):
         if head and head.get("loss_decode", {}).get("type") == "LabelSuperResolutionLoss":
             head.loss_decode.table = table
-    if "highres_path" in train.data_prefix or ctx.spec.name == "highres":
+    if "highres_path" in train.data_prefix or ctx.spec.highres_only:
         folder, labels = prepare_highres(lsr_root, float(ctx.profile["highres_fraction"]))
-        if ctx.spec.name == "highres":  # cross-entropy on those blocks alone
+        if ctx.spec.highres_only:
             train.ann_file = labels
         else:
             train.data_prefix.highres_path = folder

@@ -49,6 +49,8 @@ class LossSpec:
     description: str = ""
     # extra overrides that depend on the annotation fraction (percent)
     per_fraction: Optional[Callable[[int], Dict[str, Any]]] = None
+    # LSR: train on the "& high res" blocks alone (sparse_ext.benchmark.lsr.prepare_highres)
+    highres_only: bool = False
 
     @property
     def config_path(self) -> str:
@@ -368,6 +370,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
             "mmseg/unet_s5-d16_lsr-intra-inter_lsr-blocks.py",
             {**_CE_ON_BLOCK_MASKS, "train_dataloader.batch_sampler": None},
             'cross-entropy on the masks of the "& high res" runs\' few blocks only',
+            highres_only=True,
         ),
         # no config: nothing is trained (sparse_ext.benchmark.lsr.lowres_predictions and
         # threshold_from_block_labels)
