@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import io as skio
 
-from sparse_ext.data import make_lsr_blocks, quantise_fraction
+from sparse_ext.data import make_lsr_blocks, quantise_fraction, read_block_labels
 
 
 def _block(k):
@@ -198,3 +198,25 @@ def test_bad_inputs(tiny):
     bad.write_text("class,z,eta,rho\nstroma,0,0.5,0.1\n")
     with pytest.raises(ValueError, match="unknown class 'stroma'"):
         read_table_csv(bad, ["background", "nucleus"], 3)
+
+
+def test_read_block_labels_both_layouts_and_bad_files(tmp_path):
+    path = tmp_path / "block_labels.csv"
+    path.write_text("block,z\na.png,2\nb,0\n\n")
+    assert read_block_labels(path, ["background", "nucleus"], 3) == {"a": (2, 2), "b": (0, 0)}
+    path.write_text("block,z_nucleus,z_background\na.png,2,0\n")  # columns in any order
+    assert read_block_labels(path, ["background", "nucleus"], 3) == {"a": (0, 2)}
+    assert read_block_labels(path, ["background", "nucleus"], 3, suffix="") == {"a.png": (0, 2)}
+    bad = {
+        "block,z\na.png,x\n": (ValueError, "must be integers"),
+        "block,z\na.png,1\na,2\n": (ValueError, "'a' listed twice"),
+        "block,z\na.png,1,2\n": (ValueError, "3 fields, header has 2"),
+        "block,z\n": (ValueError, "no blocks listed"),
+        "block,z\na.png,3\n": (KeyError, r"label\(s\) \[3\] missing from the table t.json"),
+    }
+    for text, (error, message) in bad.items():
+        path.write_text(text)
+        with pytest.raises(error, match=message):
+            read_block_labels(path, ["background", "nucleus"], 3, table="t.json")
+    with pytest.raises(FileNotFoundError, match="block label file not found"):
+        read_block_labels(tmp_path / "none.csv", ["background", "nucleus"], 3)

@@ -47,6 +47,7 @@ import numpy as np
 from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.mmengine_runs import apply_profile, configure_run, load_config
 from sparse_ext.benchmark.seg import pooled_dice_iou, train_and_evaluate
+from sparse_ext.data import read_block_labels
 
 __all__ = [
     "build_config",
@@ -225,20 +226,14 @@ def threshold_from_block_labels(lsr_root: str, nucleus: int = NUCLEUS) -> Tuple[
     train = os.path.join(lsr_root, "train")
     with open(os.path.join(train, "table.json")) as f:
         table = json.load(f)
-    eta = np.asarray(table["eta"], np.float64)[nucleus]
-    classes = [str(c) for c in table.get("classes", range(len(table["eta"])))]
-    with open(os.path.join(train, "block_labels.csv"), newline="") as f:
-        rows = list(csv.reader(f))
-    header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
-    column = header.index("z") if "z" in header else header.index(f"z_{classes[nucleus]}")
+    eta = np.asarray(table["eta"], np.float64)
+    classes = [str(c) for c in table.get("classes", range(len(eta)))]
+    labels = read_block_labels(os.path.join(train, "block_labels.csv"), classes, eta.shape[1])
     blocks, targets = [], []
-    for row in rows:
-        name = row[0].strip()
-        path = os.path.join(train, "blocks", name if name.endswith(".png") else name + ".png")
+    for name, z in labels.items():
+        path = os.path.join(train, "blocks", name + ".png")
         blocks.append(np.sort(_grey(read_image(path)).ravel()))
-        targets.append(eta[int(row[column])])
-    if not blocks:
-        raise ValueError(f"no labelled blocks in {train}/block_labels.csv")
+        targets.append(eta[nucleus, z[nucleus]])
     sizes = np.array([b.size for b in blocks], np.float64)
     pooled = np.sort(np.concatenate(blocks))
     n = pooled.size

@@ -23,7 +23,12 @@ from sparse_ext.data.coco import encode_instances, masks_to_coco, points_to_coco
 from sparse_ext.data.fetch import DATASETS, FetchError, fetch_dataset, normalise_image
 from sparse_ext.data.instances import semantic_dir_to_instances, semantic_to_instances
 from sparse_ext.data.io import Summary, load_coco, validate_coco
-from sparse_ext.data.lsr_blocks import make_lsr_blocks, quantise_fraction, read_table_csv
+from sparse_ext.data.lsr_blocks import (
+    make_lsr_blocks,
+    quantise_fraction,
+    read_block_labels,
+    read_table_csv,
+)
 from sparse_ext.data.patches import grid_origins, one_per_patch
 from sparse_ext.data.subsample import (
     DEFAULT_FRACTIONS,
@@ -51,6 +56,7 @@ __all__ = [
     "open_region_reader",
     "points_to_coco",
     "quantise_fraction",
+    "read_block_labels",
     "read_table_csv",
     "semantic_dir_to_instances",
     "semantic_to_instances",

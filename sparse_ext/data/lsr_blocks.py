@@ -27,7 +27,13 @@ import numpy as np
 
 from sparse_ext.data.io import OutputSet, PathLike, Summary, list_images, progress, read_image
 
-__all__ = ["block_fractions", "make_lsr_blocks", "quantise_fraction", "read_table_csv"]
+__all__ = [
+    "block_fractions",
+    "make_lsr_blocks",
+    "quantise_fraction",
+    "read_block_labels",
+    "read_table_csv",
+]
 
 
 def quantise_fraction(counts: np.ndarray, n_pixels: int, bins: int) -> np.ndarray:
@@ -85,6 +91,68 @@ def read_table_csv(
                 raise ValueError(f"{path}:{i}: duplicate entry for class '{classes[ci]}', z={z}")
             eta[ci, z], rho[ci, z], given[ci, z] = e, r, True
     return eta, rho, given
+
+
+def read_block_labels(
+    path: PathLike,
+    classes: Sequence[str],
+    num_labels: int,
+    suffix: str = ".png",
+    table: Optional[PathLike] = None,
+) -> Dict[str, Tuple[int, ...]]:
+    """``block_labels.csv`` -> {block name without ``suffix``: one label per class, in the order
+    of ``classes``}. A "block,z" file gives every class the block's z; "block,z_<class>,..."
+    names one column per class.
+
+    Raises FileNotFoundError (no file), ValueError (a malformed header or row, per-class columns
+    that are not the classes, non-integer labels, a block listed twice, no block) or KeyError (a
+    label outside 0..num_labels-1, i.e. missing from the table; ``table`` names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"block label file not found: {path}")
+    classes = list(classes)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if not header or header[0] != "block" or len(header) < 2:
+            raise ValueError(f"{path}: header must be 'block,z' or 'block,z_<class>,...'")
+        if header[1:] == ["z"]:
+            columns = None
+        else:
+            named = [h[2:] for h in header[1:] if h.startswith("z_")]
+            if len(named) != len(header) - 1 or sorted(named) != sorted(classes):
+                raise ValueError(
+                    f"{path}: per-class columns {header[1:]} must be z_<class> for each "
+                    f"table class {classes}"
+                )
+            columns = [named.index(c) for c in classes]
+        labels: Dict[str, Tuple[int, ...]] = {}
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
+            name = row[0].strip()
+            if suffix and name.endswith(suffix):
+                name = name[: -len(suffix)]
+            try:
+                values = [int(v) for v in row[1:]]
+            except ValueError as err:
+                raise ValueError(f"{path}:{line}: block labels must be integers") from err
+            bad = [v for v in values if not 0 <= v < num_labels]
+            if bad:
+                raise KeyError(
+                    f"{path}:{line}: block {name!r} has label(s) {bad} missing from the "
+                    f"table{'' if table is None else f' {table}'} (labels 0..{num_labels - 1})"
+                )
+            if name in labels:
+                raise ValueError(f"{path}:{line}: block {name!r} listed twice")
+            z = values * len(classes) if columns is None else [values[i] for i in columns]
+            labels[name] = tuple(z)
+    if not labels:
+        raise ValueError(f"{path}: no blocks listed")
+    return labels
 
 
 def _low_res_labels(path: Path, grid: np.ndarray, block: int, stride: int, bins: int) -> np.ndarray:

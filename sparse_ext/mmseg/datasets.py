@@ -32,7 +32,6 @@ Each sample carries ``block_label`` (its labels, one per table class: a shared z
 
 from __future__ import annotations
 
-import csv
 import json
 import os.path as osp
 import re
@@ -45,6 +44,7 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
+from sparse_ext.data import read_block_labels
 from sparse_ext.losses._validate import check_range
 
 __all__ = ["LSRBlockDataset", "PartialNucleiDataset", "recorded_fraction"]
@@ -267,52 +267,13 @@ class LSRBlockDataset(BaseSegDataset):
         )
 
     def _read_block_labels(self) -> Dict[str, Tuple[int, ...]]:
-        path = self.ann_file
-        if not osp.isfile(path):
-            raise FileNotFoundError(f"block label file not found: {path}")
-        classes = list(self._metainfo["classes"])
-        Z = self.num_block_labels
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            if not header or header[0] != "block" or len(header) < 2:
-                raise ValueError(f"{path}: header must be 'block,z' or 'block,z_<class>,...'")
-            if header[1:] == ["z"]:
-                columns = None
-            else:
-                named = [h[2:] for h in header[1:] if h.startswith("z_")]
-                if len(named) != len(header) - 1 or sorted(named) != sorted(classes):
-                    raise ValueError(
-                        f"{path}: per-class columns {header[1:]} must be z_<class> for each "
-                        f"table class {classes}"
-                    )
-                columns = [named.index(c) for c in classes]
-            labels: Dict[str, Tuple[int, ...]] = {}
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise ValueError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
-                name = row[0].strip()
-                if name.endswith(self.img_suffix):
-                    name = name[: -len(self.img_suffix)]
-                try:
-                    values = [int(v) for v in row[1:]]
-                except ValueError as err:
-                    raise ValueError(f"{path}:{line}: block labels must be integers") from err
-                bad = [v for v in values if not 0 <= v < Z]
-                if bad:
-                    raise KeyError(
-                        f"{path}:{line}: block {name!r} has label(s) {bad} missing from the "
-                        f"table {self.table_file} (labels 0..{Z - 1})"
-                    )
-                if name in labels:
-                    raise ValueError(f"{path}:{line}: block {name!r} listed twice")
-                z = values * len(classes) if columns is None else [values[i] for i in columns]
-                labels[name] = tuple(z)
-        if not labels:
-            raise ValueError(f"{path}: no blocks listed")
-        return labels
+        return read_block_labels(
+            self.ann_file,
+            self._metainfo["classes"],
+            self.num_block_labels,
+            suffix=self.img_suffix,
+            table=self.table_file,
+        )
 
     def load_data_list(self) -> List[dict]:
         img_dir = self.data_prefix.get("img_path", None)
