@@ -728,3 +728,17 @@ def test_train_then_lets_the_fallback_fraction_warning_through(tmp_path):
     cfg.custom_hooks = []  # nothing hands the data's f over
     with pytest.warns(UserWarning, match="annotated fraction is unknown"):
         train_then(cfg, lambda runner: None)
+
+
+@pytest.mark.parametrize("script", sorted(glob.glob(os.path.join(REPO, "docs/benchmarks/*.sh"))))
+def test_grid_scripts_name_only_known_losses(script):
+    """Every comma-separated list of names in a committed grid script (its --losses arguments)
+    names benchmark specs: a misspelt or missing spec would stop the grid mid-way."""
+    import re
+
+    known = {name for specs in LOSSES.values() for name in specs}
+    text = open(script).read()
+    lists = re.findall(r"(?<![\w/,.-])([a-z][a-z0-9_]*(?:,[a-z][a-z0-9_]*)+)(?![\w/,.-])", text)
+    assert lists
+    unknown = sorted({name for names in lists for name in names.split(",")} - known)
+    assert not unknown, f"{os.path.basename(script)} names unknown losses {unknown}"

@@ -282,8 +282,8 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
             {**_DET_NNPU, "MODEL.SPARSE.PU.MODE": "classic"},
             "Faster R-CNN, ROI loss classic nnPU (E_x over unlabelled ROIs only), prior 0.04",
         ),
-        # the paper's fixed-pi grid 0.02:0.01:0.06 ("nnpu" is 0.04), for the selection of pi by
-        # validation recall
+        # the paper's fixed-pi grid 0.02:0.01:0.06 (nnpu_pi04 is "nnpu" under the grid's name),
+        # for the selection of pi by validation recall (tools/det_recipe_checks.py)
         **{
             f"nnpu_pi{round(pi * 100):02d}": LossSpec(
                 f"nnpu_pi{round(pi * 100):02d}",
@@ -291,7 +291,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
                 {**_DET_NNPU, "MODEL.SPARSE.PU.PRIOR": pi},
                 f"Faster R-CNN, ROI loss nnpu with fixed prior {pi}",
             )
-            for pi in (0.02, 0.03, 0.05, 0.06)
+            for pi in (0.02, 0.03, 0.04, 0.05, 0.06)
         },
         # per-batch prior pi_b = Np/N + (Nu/N) pi_u, pi_u from the COCO file's
         # info.sparse_fraction (sparse_ext.losses.nnpu.unlabeled_prior; CE at 100 %)
