@@ -662,6 +662,9 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
         row("nnpu_pi04", 0, 0.9, 0.7),  # best validation recall, seed 0
         row("nnpu_pi03", 1, 0.8, 0.9),  # tie on seed 1: the smaller prior
         row("nnpu_pi05", 1, 0.8, 0.2),
+        *(row(f"nnpu_pi0{p}", 0, 0.1, 0.0) for p in (3, 5, 6)),
+        *(row(f"nnpu_pi0{p}", 1, 0.1, 0.0) for p in (2, 4, 6)),
+        row("nnpu_pi02", 2, 0.9, 0.9),  # seed 2 has part of the grid only: no choice
     ]
     chosen = [r for r in tool.with_validation_prior(rows) if r["loss"] == "nnpu_val"]
     assert [(r["seed"], r["chosen"]) for r in chosen] == [("0", "nnpu_pi04"), ("1", "nnpu_pi03")]

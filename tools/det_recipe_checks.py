@@ -36,14 +36,18 @@ def _num(value: object) -> float:
 
 
 def with_validation_prior(rows: Sequence[Mapping[str, str]]) -> List[Dict[str, str]]:
-    """The rows plus one ``nnpu_val`` row per (fraction, seed): the fixed-prior nnPU run with the
-    best validation average recall (ties: the smaller prior), its prior in ``chosen``."""
+    """The rows plus one ``nnpu_val`` row per (fraction, seed) that has a run of every prior of
+    the grid: the one with the best validation average recall (ties: the smaller prior), its
+    prior in ``chosen``. A seed with part of the grid gets none (a choice among some priors is
+    not the paper's selection)."""
     out = [dict(r) for r in rows]
     groups: Dict[tuple, List[Mapping[str, str]]] = defaultdict(list)
     for r in rows:
         if r["loss"] in FIXED_PRIORS and not math.isnan(_num(r.get("val_average_recall"))):
             groups[(r["fraction"], r["seed"])].append(r)
     for (_, _), runs in sorted(groups.items()):
+        if {r["loss"] for r in runs} != set(FIXED_PRIORS):
+            continue
         best = max(
             runs, key=lambda r: (_num(r["val_average_recall"]), -FIXED_PRIORS.index(r["loss"]))
         )
