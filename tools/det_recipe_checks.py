@@ -80,11 +80,12 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
                 mine, base = stats[m][method][fraction][0], ce[m]
                 cells.append("-" if base is None else f"{mine - base[0]:+.3f}")
             lines.append("| " + " | ".join(cells) + " |")
-        if chosen.get(fraction):
-            lines.append(
-                f"\n{fraction_label(fraction)}: validation chose pi = {', '.join(chosen[fraction])}\n"
-            )
-    return lines
+    notes = [
+        f"- {fraction_label(f)}: validation chose pi = {', '.join(chosen[f])} (seeds in order)"
+        for f in fractions
+        if chosen.get(f)
+    ]
+    return lines + ([""] + notes if notes else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
