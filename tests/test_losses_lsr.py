@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_ext.losses import LabelSuperResolutionLoss, load_lsr_table, lsr_loss
+from sparse_ext.losses.label_super_resolution import mode_with_warmup
 
 FLOOR = 0.03
 
@@ -609,3 +610,24 @@ def test_reference_distance_teaches_a_tiny_net_the_masks_from_block_labels(mode)
     assert _train_toy(mode, "reference") > 0.9
     if mode == "inter":
         assert _train_toy(mode, "eq5") < 0.1
+
+
+def test_intra_warmup_picks_the_mode_by_training_progress():
+    assert mode_with_warmup("inter", 0.2, 0.1) == "intra"
+    assert mode_with_warmup("intra_inter", 0.2, 0.2) == "intra_inter"  # the warm-up has ended
+    assert mode_with_warmup("inter", 0.2, 0.0, training=False) == "inter"
+    assert mode_with_warmup("inter", 0.0, None) == "inter"  # no warm-up: no progress needed
+    with pytest.raises(RuntimeError, match="needs the training progress"):
+        mode_with_warmup("inter", 0.2, None)
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 2, 6, 6, generator=g)
+    z = torch.tensor([0, 1, 1, 2])
+    eta = torch.tensor([[0.9, 0.6, 0.3], [0.1, 0.4, 0.7]])
+    rho = torch.full((2, 3), 0.1)
+    module = LabelSuperResolutionLoss(eta, rho, mode="inter", intra_warmup=0.5)
+    module.set_progress(0.25)
+    torch.testing.assert_close(module(logits, z), lsr_loss(logits, z, eta, rho, mode="intra"))
+    module.set_progress(0.5)
+    torch.testing.assert_close(module(logits, z), lsr_loss(logits, z, eta, rho, mode="inter"))
+    with pytest.raises(ValueError, match=r"intra_warmup must be in \[0, 1\)"):
+        LabelSuperResolutionLoss(eta, rho, intra_warmup=1.0)

@@ -48,6 +48,7 @@ from sparse_ext.benchmark.context import RunContext
 from sparse_ext.benchmark.mmengine_runs import apply_profile, configure_run, load_config
 from sparse_ext.benchmark.seg import pooled_dice_iou, train_and_evaluate
 from sparse_ext.data import read_block_labels
+from sparse_ext.data.io import write_csv
 
 __all__ = [
     "build_config",
@@ -92,8 +93,6 @@ def prepare_highres(lsr_root: str, fraction: float, seed: int = 0) -> Tuple[str,
     seed sees the same blocks), copied to ``train/highres_<p>pct/`` with their rows of
     ``block_labels.csv`` in ``train/block_labels_highres_<p>pct.csv``; both written once and
     atomically. Returns the two paths relative to ``lsr_root``."""
-    from sparse_ext.data.io import write_csv
-
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"highres_fraction must be in (0, 1], got {fraction}")
     tag = f"highres_{100 * fraction:g}pct"

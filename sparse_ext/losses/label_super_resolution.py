@@ -75,9 +75,15 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from sparse_ext.losses._validate import check_choice, check_positive, check_unit
+from sparse_ext.losses._validate import check_choice, check_positive, check_range, check_unit
 
-__all__ = ["LabelSuperResolutionLoss", "check_lsr_settings", "load_lsr_table", "lsr_loss"]
+__all__ = [
+    "LabelSuperResolutionLoss",
+    "check_lsr_settings",
+    "load_lsr_table",
+    "lsr_loss",
+    "mode_with_warmup",
+]
 
 MODES = ("intra", "inter", "intra_inter")
 DISTANCES = ("reference", "eq5", "gaussian")
@@ -135,6 +141,27 @@ def _table(eta: Tensor, rho: Tensor, num_classes: int, like: Tensor) -> tuple[Te
     if (rho < 0).any() or not torch.isfinite(eta).all() or not torch.isfinite(rho).all():
         raise ValueError("eta must be finite and rho finite and non-negative")
     return eta, rho
+
+
+def mode_with_warmup(
+    mode: str, intra_warmup: float, progress: Optional[float], training: bool = True
+) -> str:
+    """The mode of a training step: "intra" (Eq. 5) while ``progress`` (the share of training
+    done) is below ``intra_warmup``, else ``mode``. Outside training, or with no warm-up, the
+    mode itself. The inter modes match a label's statistics over blocks only, which from a
+    random start can fit another structure than the nuclei (HGSC, one of three seeds;
+    docs/benchmarks, LSR section); the intra statistics, block by block, give them a start.
+
+    Raises a RuntimeError when a warm-up needs a progress that nobody set.
+    """
+    if not training or intra_warmup == 0 or mode == "intra":
+        return mode
+    if progress is None:
+        raise RuntimeError(
+            "LabelSuperResolutionLoss: intra_warmup needs the training progress (set_progress; "
+            'in MMSeg, dict(type="SparseLossAnnealingHook") in custom_hooks)'
+        )
+    return "intra" if progress < intra_warmup else mode
 
 
 def lsr_loss(
@@ -273,7 +300,9 @@ def load_lsr_table(path: Union[str, Path]) -> tuple[Tensor, Tensor, list[str]]:
 
 
 class LabelSuperResolutionLoss(nn.Module):
-    """Module form of :func:`lsr_loss`; the table is a path to ``table.json`` or (eta, rho)."""
+    """Module form of :func:`lsr_loss`; the table is a path to ``table.json`` or (eta, rho).
+    ``intra_warmup``: share of training, in [0, 1), spent on the intra statistics before the
+    inter modes (:func:`mode_with_warmup`; ``set_progress`` moves it)."""
 
     def __init__(
         self,
@@ -284,6 +313,7 @@ class LabelSuperResolutionLoss(nn.Module):
         alpha: float = 1.0,
         variance_floor: float = 0.03,
         distance: str = "reference",
+        intra_warmup: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(eta, (str, Path)):
@@ -296,6 +326,8 @@ class LabelSuperResolutionLoss(nn.Module):
             self.classes = [str(i) for i in range(len(eta))]
         settings = check_lsr_settings(mode, distance, alpha, variance_floor)
         self.mode, self.distance, self.alpha, self.variance_floor = settings
+        self.intra_warmup = check_range("intra_warmup", intra_warmup, 0.0, 1.0, high_open=True)
+        self.progress: Optional[float] = None
         self.register_buffer("eta", torch.as_tensor(eta, dtype=torch.float32))
         self.register_buffer("rho", torch.as_tensor(rho, dtype=torch.float32))
 
@@ -307,12 +339,16 @@ class LabelSuperResolutionLoss(nn.Module):
             block_labels,
             self.eta,
             self.rho,
-            mode=self.mode,
+            mode=mode_with_warmup(self.mode, self.intra_warmup, self.progress, self.training),
             alpha=self.alpha,
             variance_floor=self.variance_floor,
             valid_mask=valid_mask,
             distance=self.distance,
         )
+
+    def set_progress(self, progress: float) -> None:
+        """Share of training done, in [0, 1]: ends the intra warm-up (``intra_warmup``)."""
+        self.progress = float(progress)
 
     def extra_repr(self) -> str:
         return (

@@ -40,7 +40,12 @@ from sparse_ext.losses._validate import (
 )
 from sparse_ext.losses.exclusive_cross_entropy import ExclusiveCrossEntropy
 from sparse_ext.losses.fraction import LabelledShare, fallback_annotated_fraction, object_share
-from sparse_ext.losses.label_super_resolution import check_lsr_settings, load_lsr_table, lsr_loss
+from sparse_ext.losses.label_super_resolution import (
+    check_lsr_settings,
+    load_lsr_table,
+    lsr_loss,
+    mode_with_warmup,
+)
 from sparse_ext.losses.nnpu import check_nnpu_settings, nnpu_loss, unlabeled_prior
 from sparse_ext.mmseg.transforms import (
     NO_PIXEL_LABEL,
@@ -473,17 +478,6 @@ class LabelSuperResolutionLoss(nn.Module):
         """Training progress in [0, 1] (``SparseLossAnnealingHook``): ends the intra warm-up."""
         self.progress = float(progress)
 
-    def current_mode(self) -> str:
-        """The mode of this step: "intra" during the warm-up of a training run, else ``mode``."""
-        if not self.training or self.intra_warmup == 0 or self.mode == "intra":
-            return self.mode
-        if self.progress is None:
-            raise RuntimeError(
-                "LabelSuperResolutionLoss: intra_warmup needs the training progress; add "
-                'dict(type="SparseLossAnnealingHook") to custom_hooks'
-            )
-        return "intra" if self.progress < self.intra_warmup else self.mode
-
     def block_labels(self, label: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Block-label maps (N, H, W) -> (keep (N,) bool: blocks with valid pixels, z (n, L) of
         the kept blocks, valid (N, H, W) pixels)."""
@@ -535,7 +529,7 @@ class LabelSuperResolutionLoss(nn.Module):
             z,
             self.eta.to(cls_score.dtype),
             self.rho.to(cls_score.dtype),
-            mode=self.current_mode(),
+            mode=mode_with_warmup(self.mode, self.intra_warmup, self.progress, self.training),
             alpha=self.alpha,
             variance_floor=self.variance_floor,
             valid_mask=valid[keep],
