@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sparse_ext.benchmark.results import ResultsTable, fraction_label, summarise  # noqa: E402
 
-METHODS = ("ce", "focal", "bde", "ece", "pu_classic", "nnpu_val", "nnpu_sampled")
 METRICS = ("recall", "precision", "f1", "f1_valthr", "ap", "ap50")
 FIXED_PRIORS = tuple(f"nnpu_pi{p:02d}" for p in range(2, 7))
+METHODS = ("ce", "focal", "bde", "ece", "pu_classic", "nnpu_val", *FIXED_PRIORS, "nnpu_sampled")
 
 
 def _num(value: object) -> float:
