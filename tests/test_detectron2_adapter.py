@@ -175,6 +175,26 @@ def test_recommended_recipe_is_one_line_and_what_the_benchmark_ran():
     assert flat(bench) == b
 
 
+def test_every_det_benchmark_spec_is_a_valid_config():
+    """Each det benchmark loss merges onto its config and passes the config check (a misspelt
+    key fails the merge); the ECE variants set the rho schedule they are named after."""
+    from sparse_ext.benchmark.specs import LOSSES
+
+    def merged(name):
+        spec = LOSSES["det"][name]
+        cfg = load_sparse_config(spec.config_path)
+        cfg.merge_from_list([str(x) for kv in spec.overrides.items() for x in kv])
+        validate_sparse_config(cfg)
+        return cfg
+
+    cfgs = {name: merged(name) for name in LOSSES["det"]}
+    rho = {n: c.MODEL.SPARSE.ECE.SCHEDULE for n, c in cfgs.items() if n.startswith("ece")}
+    assert all(cfgs[n].MODEL.SPARSE.ROI_LOSS == "ece" for n in rho)
+    assert (rho["ece"].TYPE, rho["ece"].VALUE) == ("constant", 0.5)
+    assert (rho["ece_rho08"].TYPE, rho["ece_rho08"].VALUE) == ("constant", 0.8)
+    assert rho["ece_table2"].TYPE == "paper_table2"
+
+
 ZOO_R50 = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 SHIPPED_CONFIGS = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
 
