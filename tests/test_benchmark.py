@@ -647,6 +647,31 @@ def test_det_dense_data_get_larger_samplers(tmp_path, per_image, dense):
     assert profile["dense"]["opts"]["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] > 32  # the tiny's
 
 
+def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
+    """--scale-jitter 1.5: training crops resized to a short side drawn from 256 / 320 / 384 (the
+    crop, 1.25 x, 1.5 x); without it the profile's single 256; test frames stay native."""
+    from sparse_ext.benchmark.det import build_command
+    from sparse_ext.cli import main
+
+    root = tmp_path / "d"
+    write_coco(root / "annotations", ("train.json", "test.json", "train_frac010.json"), [0])
+    ctx = det_context(root, tmp_path / "work", "ce", 10)
+
+    def last(key):  # Detectron2 applies the opts in order: the last value of a key wins
+        cmd = build_command(ctx, sys.executable)
+        return cmd[len(cmd) - cmd[::-1].index(key)]
+
+    keys = ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST")
+    assert [last(k) for k in keys] == ["(256,)", "256", "0"]
+    ctx.profile["scale_jitter"] = 1.5
+    assert [last(k) for k in keys] == ["(256, 320, 384)", "384", "0"]
+    ctx.profile["scale_jitter"] = 0.5
+    with pytest.raises(ValueError, match="at least 1"):
+        build_command(ctx, sys.executable)
+    assert main(["benchmark", "--task", "seg", "--scale-jitter", "1.5", "--out", "o"]) == 2
+    assert "--scale-jitter is for --task det" in capsys.readouterr().err
+
+
 def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     tool = _load_tool("det_recipe_checks")
 

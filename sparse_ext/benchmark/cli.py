@@ -42,6 +42,8 @@ def _profile_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         out["unet_base_channels"] = args.width
     if getattr(args, "batch_size", None):
         out["batch_size"] = args.batch_size
+    if getattr(args, "scale_jitter", None):
+        out["scale_jitter"] = args.scale_jitter
     return out
 
 
@@ -75,6 +77,14 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=None, help="override the quick crop size")
     parser.add_argument("--width", type=int, default=None, help="override the UNet base width")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=None,
+        metavar="MAX",
+        help="detection: multi-scale training, each training crop resized by a factor drawn "
+        "from 1, 1.25, ... up to MAX (e.g. 1.5)",
+    )
     parser.add_argument("--out", default=os.path.join("work_dirs", "benchmark_results"))
     parser.add_argument(
         "--work-dirs",
@@ -90,6 +100,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     from sparse_ext.benchmark.context import SetupError
     from sparse_ext.benchmark.driver import run_benchmark
 
+    if args.scale_jitter and args.task != "det":
+        print("sparse-ext benchmark: error: --scale-jitter is for --task det", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

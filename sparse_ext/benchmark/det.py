@@ -210,6 +210,22 @@ def objects_per_crop(ctx: RunContext) -> float:
     return len(coco["annotations"]) * height * width / area if area else 0.0
 
 
+def scale_jitter_opts(opts: Dict[str, Any], max_scale: float) -> Dict[str, Any]:
+    """Multi-scale training (Detectron2's ``MIN_SIZE_TRAIN`` choice, as its COCO recipes do): the
+    training crop resized to a short side drawn from 1, 1.25, ... ``max_scale`` x the profile's."""
+    if not max_scale >= 1.0:
+        raise ValueError(
+            f"scale jitter must be at least 1 (a factor up from the crop), got {max_scale}"
+        )
+    (side,) = ast.literal_eval(str(opts["INPUT.MIN_SIZE_TRAIN"]))[:1]
+    steps = int(round((max_scale - 1.0) / 0.25)) + 1
+    sizes = [round(side * (1.0 + 0.25 * i)) for i in range(steps)]
+    return {
+        "INPUT.MIN_SIZE_TRAIN": str(tuple(sizes)),
+        "INPUT.MAX_SIZE_TRAIN": sizes[-1],
+    }
+
+
 def build_command(ctx: RunContext, python: str) -> List[str]:
     """The ``tools/train_net.py`` command line of a run: the loss's config (or, with the full
     profile's ``recipe_configs``, its R50-FPN recipe), the datasets, the budget, the profile's
@@ -234,6 +250,8 @@ def build_command(ctx: RunContext, python: str) -> List[str]:
         )
         overrides = {k: v for k, v in overrides.items() if not k.endswith(_LOSS_KEYS)}
     profile_opts = dict(ctx.profile.get("opts", {}))
+    if ctx.profile.get("scale_jitter"):
+        profile_opts.update(scale_jitter_opts(profile_opts, ctx.profile["scale_jitter"]))
     dense = ctx.profile.get("dense")
     if dense and objects_per_crop(ctx) > dense["objects_per_crop"]:
         profile_opts.update(dense["opts"])
