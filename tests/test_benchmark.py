@@ -650,7 +650,7 @@ def test_det_dense_data_get_larger_samplers(tmp_path, per_image, dense):
 def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
     """--scale-jitter 1.5: training crops resized to a short side drawn from 256 / 320 / 384 (the
     crop, 1.25 x, 1.5 x); without it the profile's single 256; test frames stay native."""
-    from sparse_ext.benchmark.det import build_command
+    from sparse_ext.benchmark.det import build_command, scale_jitter_opts
     from sparse_ext.cli import main
 
     root = tmp_path / "d"
@@ -668,6 +668,8 @@ def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
     ctx.profile["scale_jitter"] = 0.5
     with pytest.raises(ValueError, match="at least 1"):
         build_command(ctx, sys.executable)
+    with pytest.raises(ValueError, match="quick profile"):
+        scale_jitter_opts({}, 1.5)
     assert main(["benchmark", "--task", "seg", "--scale-jitter", "1.5", "--out", "o"]) == 2
     assert "--scale-jitter is for --task det" in capsys.readouterr().err
 

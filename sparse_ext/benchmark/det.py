@@ -217,6 +217,11 @@ def scale_jitter_opts(opts: Dict[str, Any], max_scale: float) -> Dict[str, Any]:
         raise ValueError(
             f"scale jitter must be at least 1 (a factor up from the crop), got {max_scale}"
         )
+    if "INPUT.MIN_SIZE_TRAIN" not in opts:
+        raise ValueError(
+            "scale jitter is for the quick profile (its training crops); the full profile's "
+            "recipe configs set their own INPUT.MIN_SIZE_TRAIN"
+        )
     (side,) = ast.literal_eval(str(opts["INPUT.MIN_SIZE_TRAIN"]))[:1]
     steps = int(round((max_scale - 1.0) / 0.25)) + 1
     sizes = [round(side * (1.0 + 0.25 * i)) for i in range(steps)]
