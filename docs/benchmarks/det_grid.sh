@@ -17,6 +17,11 @@ bench() {  # bench DATASET FRACTIONS LOSSES SEEDS
     --losses "$3" --seeds "$4" --out "docs/benchmarks/det_$1" --work-dirs work_dirs/bench \
     --threads "${THREADS:-2}"
 }
+bench_jitter() {  # bench_jitter FRACTIONS LOSSES SEEDS: the H&E tiles with multi-scale training
+  .venv/bin/sparse-ext benchmark --task det --quick --scale-jitter 1.5 --data data --dataset hgsc \
+    --fractions "$1" --losses "$2" --seeds "$3" --out docs/benchmarks/det_hgsc_jitter \
+    --work-dirs work_dirs/bench_jitter --threads "${THREADS:-2}"
+}
 if [[ $which == hela || $which == all ]]; then
   # the harness first: CE with every nucleus labelled must learn on every seed
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hela 100 ce "$s"; done
@@ -35,4 +40,6 @@ if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against the recommended recipe (ECE), then the others
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 100,10 ce "$s"; bench hgsc 10 ece "$s"; done
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 10 nnpu_sampled,bde "$s"; done
+  # multi-scale training (the test tiles' nuclei are larger than the training ones): CE and ECE
+  for s in ${HARNESS_SEEDS:-0 1 2}; do bench_jitter 10,100 ce "$s"; bench_jitter 10 ece "$s"; done
 fi
