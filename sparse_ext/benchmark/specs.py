@@ -150,6 +150,7 @@ _CE_ON_BLOCK_MASKS: Dict[str, Any] = {
 }
 _DET_TINY = "detectron2/faster_rcnn_R_18_FPN_tiny_cpu.yaml"
 _DET_NNPU = {"MODEL.SPARSE.ROI_LOSS": "nnpu", "MODEL.SPARSE.RPN_LOSS": "ce"}
+_DET_ECE = {"MODEL.SPARSE.ROI_LOSS": "ece", "MODEL.SPARSE.RPN_LOSS": "ce"}
 _ANNEAL_HOOK = {"custom_hooks": [dict(type="SparseLossAnnealingHook")]}
 
 LOSSES: Dict[str, Dict[str, LossSpec]] = {
@@ -323,21 +324,13 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
         "ece_table2": LossSpec(
             "ece_table2",
             _DET_TINY,
-            {
-                "MODEL.SPARSE.ROI_LOSS": "ece",
-                "MODEL.SPARSE.RPN_LOSS": "ce",
-                "MODEL.SPARSE.ECE.SCHEDULE.TYPE": "paper_table2",
-            },
+            {**_DET_ECE, "MODEL.SPARSE.ECE.SCHEDULE.TYPE": "paper_table2"},
             "Faster R-CNN, ROI loss ECE with the paper's Table 2 rho schedule",
         ),
         "ece_rho08": LossSpec(
             "ece_rho08",
             _DET_TINY,
-            {
-                "MODEL.SPARSE.ROI_LOSS": "ece",
-                "MODEL.SPARSE.RPN_LOSS": "ce",
-                "MODEL.SPARSE.ECE.SCHEDULE.VALUE": 0.8,
-            },
+            {**_DET_ECE, "MODEL.SPARSE.ECE.SCHEDULE.VALUE": 0.8},
             "Faster R-CNN, ROI loss ECE with constant rho 0.8",
         ),
         # A fixed prior of 0.25 is the positive quota the ROI sampler fills with every nucleus
