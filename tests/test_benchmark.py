@@ -670,6 +670,8 @@ def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
         build_command(ctx, sys.executable)
     with pytest.raises(ValueError, match="quick profile"):
         scale_jitter_opts({}, 1.5)
+    off_grid = scale_jitter_opts({"INPUT.MIN_SIZE_TRAIN": "(256,)"}, 1.1)  # MAX itself is drawn
+    assert off_grid["INPUT.MIN_SIZE_TRAIN"] == "(256, 282)"
     assert main(["benchmark", "--task", "seg", "--scale-jitter", "1.5", "--out", "o"]) == 2
     assert "--scale-jitter is for --task det" in capsys.readouterr().err
 

@@ -83,7 +83,7 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MAX",
         help="detection: multi-scale training, each training crop resized by a factor drawn "
-        "from 1, 1.25, ... up to MAX (e.g. 1.5)",
+        "from 1, 1.25, ... and MAX (e.g. 1.5)",
     )
     parser.add_argument("--out", default=os.path.join("work_dirs", "benchmark_results"))
     parser.add_argument(

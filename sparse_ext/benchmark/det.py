@@ -212,7 +212,8 @@ def objects_per_crop(ctx: RunContext) -> float:
 
 def scale_jitter_opts(opts: Dict[str, Any], max_scale: float) -> Dict[str, Any]:
     """Multi-scale training (Detectron2's ``MIN_SIZE_TRAIN`` choice, as its COCO recipes do): the
-    training crop resized to a short side drawn from 1, 1.25, ... ``max_scale`` x the profile's."""
+    training crop resized to a short side drawn from 1, 1.25, ... and ``max_scale`` x the
+    profile's."""
     if not max_scale >= 1.0:
         raise ValueError(
             f"scale jitter must be at least 1 (a factor up from the crop), got {max_scale}"
@@ -223,8 +224,10 @@ def scale_jitter_opts(opts: Dict[str, Any], max_scale: float) -> Dict[str, Any]:
             "recipe configs set their own INPUT.MIN_SIZE_TRAIN"
         )
     (side,) = ast.literal_eval(str(opts["INPUT.MIN_SIZE_TRAIN"]))[:1]
-    steps = int(round((max_scale - 1.0) / 0.25)) + 1
-    sizes = [round(side * (1.0 + 0.25 * i)) for i in range(steps)]
+    factors = [1.0 + 0.25 * i for i in range(int((max_scale - 1.0) / 0.25 + 1e-9) + 1)]
+    if factors[-1] < max_scale - 1e-9:  # MAX off the 0.25 grid is drawn too
+        factors.append(max_scale)
+    sizes = [round(side * f) for f in factors]
     return {
         "INPUT.MIN_SIZE_TRAIN": str(tuple(sizes)),
         "INPUT.MAX_SIZE_TRAIN": sizes[-1],
