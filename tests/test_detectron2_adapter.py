@@ -256,6 +256,8 @@ BAD_SETTINGS = [
     ("MODEL.SPARSE.ECE.CONFIDENCE", "entropy", "one of foreground, margin, logit_margin"),
     ("MODEL.SPARSE.ECE.FOCAL_ALPHA", -0.5, ">= 0"),
     ("MODEL.SPARSE.ECE.FOCAL_GAMMA", -1.0, ">= 0"),
+    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", 1.5, "in [0, 1] or -1"),
+    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", -0.5, "in [0, 1] or -1"),
     ("MODEL.SPARSE.PU.PRIOR", 1.5, "in (0, 1)"),
     ("MODEL.SPARSE.PU.PRIOR", 0.0, "in (0, 1)"),
     ("MODEL.SPARSE.PU.PRIOR", float("nan"), "in (0, 1)"),
@@ -463,6 +465,33 @@ def test_ece_with_rho_one_equals_ce():
         torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-5, atol=1e-6)
 
 
+def test_ece_exclusion_budget_from_config_and_the_annotated_fraction():
+    def budgets(cfg):
+        model = build(cfg)
+        stages = (model.roi_heads.box_predictor, model.proposal_generator)
+        return [stage.ece_loss.exclusion_budget for stage in stages]
+
+    assert budgets(tiny_cfg("ece", "ece")) == [None, None]  # the paper's unbounded Eq. 7
+    assert budgets(tiny_cfg("ece", "ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 0.2})) == [
+        0.2,
+        0.2,
+    ]
+    cfg = tiny_cfg("ece", "ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": -1.0})
+    with pytest.raises(ValueError, match="ECE.EXCLUSION_BUDGET derives pi_u.*ANNOTATED_FRACTION"):
+        build(cfg)
+    cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.1  # pi_u of each stage's object share
+    assert budgets(cfg) == [
+        pytest.approx(unlabeled_prior(0.1, 0.06)),
+        pytest.approx(unlabeled_prior(0.1, 0.0014)),
+    ]
+    cfg.MODEL.SPARSE.ECE.CONFIDENCE = "margin"
+    with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -1.0 ranks.*not 'margin'"):
+        build(cfg)
+    cfg.MODEL.SPARSE.ECE.CONFIDENCE = "foreground"
+    history, _ = train_steps(build(cfg), batch("mixed"), steps=2)
+    assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+
+
 @pytest.mark.parametrize("prior_mode,surrogate", [("fixed", "log"), ("sampled", "sigmoid")])
 def test_nnpu_equals_core_function_on_the_heads_logits_and_labels(prior_mode, surrogate):
     cfg = tiny_cfg("nnpu", "nnpu", num_classes=2)
@@ -554,7 +583,9 @@ def test_sampled_prior_reads_the_annotated_fraction_from_the_training_metadata()
         with pytest.raises(ValueError, match="different annotated fractions"):
             build(cfg)
         cfg.DATASETS.TRAIN = (names[3],)
-        with pytest.raises(ValueError, match="set MODEL.SPARSE.ANNOTATED_FRACTION or MODEL.SPARSE"):
+        with pytest.raises(
+            ValueError, match="RPN_UNLABELED_PRIOR -1 derives pi_u.*ANNOTATED_FRACTION"
+        ):
             build(cfg)  # the RPN still derives its pi_u
         cfg.MODEL.SPARSE.PU.MODE = "classic"
         with pytest.raises(ValueError, match="PRIOR_MODE 'sampled' needs MODE 'detection'"):

@@ -13,6 +13,7 @@ from sparse_ext.losses import (
     ConstantSchedule,
     ExclusiveCrossEntropy,
     LinearSchedule,
+    beyond_exclusion_budget,
     exclusive_cross_entropy,
 )
 from sparse_ext.losses.demo import run_loss_demo
@@ -679,3 +680,59 @@ def test_ece_module_caps_f_until_the_check():
     small = ExclusiveCrossEntropy(1.0, annotated_fraction=0.1)
     small.fraction_check_pending = True
     assert small.sample_prob == pytest.approx(background_keep_prob(0.1))  # below the cap
+
+
+# -- the exclusion budget (a guard against the all-foreground collapse, not in the paper)
+
+
+def test_beyond_exclusion_budget_hand_computed():
+    fg = torch.tensor([0.9, 0.8, 0.7, 0.2, 0.95, 0.6])
+    unannotated = torch.tensor([1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    # 5 unannotated, 4 pass rho 0.5 (0.9, 0.8, 0.7, 0.6); budget 0.25: k = ceil(1.25) = 2 stay
+    # excluded (0.9, 0.8), the other two are kept as background; the annotated 0.95 never counts
+    beyond = beyond_exclusion_budget(fg, unannotated, 0.5, 0.25)
+    assert beyond.tolist() == [False, False, True, False, False, True]
+    assert not beyond_exclusion_budget(fg, unannotated, 0.5, 0.8).any()  # k = 4: all fit
+    assert not beyond_exclusion_budget(fg, unannotated, 0.5, 1.0).any()
+    zero = beyond_exclusion_budget(fg, unannotated, 0.5, 0.0)  # k = 0: nothing excluded
+    assert zero.tolist() == [True, True, True, False, False, True]
+    assert beyond_exclusion_budget(fg.view(2, 3), unannotated.view(2, 3), 0.5, 0.25).shape == (2, 3)
+    with pytest.raises(ValueError, match="budget"):
+        beyond_exclusion_budget(fg, unannotated, 0.5, 1.5)
+    with pytest.raises(ValueError, match="same shape"):
+        beyond_exclusion_budget(fg, unannotated[:3], 0.5, 0.5)
+
+
+@pytest.mark.parametrize("use_sigmoid", [False, True])
+def test_module_exclusion_budget_keeps_the_excess_as_background(use_sigmoid):
+    # unannotated p_fg 0.2, 0.6, 0.9, 0.8 and one annotated 0.7; rho 0.5, budget 0.25: k = 1,
+    # only 0.9 stays excluded, 0.6 and 0.8 are pulled to the background like 0.2
+    probs = [0.7, 0.2, 0.6, 0.9, 0.8]
+    target = torch.tensor([[1, 0, 0, 0, 0]])
+    fg = [[logit(p) for p in probs]]
+    logits = torch.tensor(fg, dtype=torch.float64) if use_sigmoid else two_class(fg)
+    logits.requires_grad_(True)
+    module = ExclusiveCrossEntropy(0.5, exclusion_budget=0.25, use_sigmoid=use_sigmoid)
+    loss = module(logits, target)
+    expected = (-math.log(0.7) - sum(math.log(1 - p) for p in (0.2, 0.6, 0.8))) / 5
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.backward()
+    grad = logits.grad if use_sigmoid else logits.grad[:, 1]
+    assert grad[0, 3] == 0 and (grad[0, [1, 2, 4]] > 0).all()  # 0.9 excluded, the rest pushed
+    unbounded = ExclusiveCrossEntropy(0.5, use_sigmoid=use_sigmoid)(logits, target)
+    assert ExclusiveCrossEntropy(0.5, exclusion_budget=1.0, use_sigmoid=use_sigmoid)(
+        logits, target
+    ).item() == pytest.approx(unbounded.item(), rel=1e-12)
+    # an explicit annotated mask: unannotated labels are background whatever their value
+    marked = torch.tensor([[True, False, False, False, False]])
+    relabelled = torch.tensor([[1, 1, 0, 1, 1]])
+    assert module(logits, relabelled, marked).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_module_exclusion_budget_is_validated_and_shown():
+    with pytest.raises(ValueError, match="exclusion_budget"):
+        ExclusiveCrossEntropy(exclusion_budget=-0.1)
+    with pytest.raises(ValueError, match="needs confidence 'foreground'"):
+        ExclusiveCrossEntropy(confidence="margin", exclusion_budget=0.1)
+    module = ExclusiveCrossEntropy(exclusion_budget=0.05)
+    assert "exclusion_budget=0.05" in repr(pickle.loads(pickle.dumps(module)))

@@ -25,7 +25,17 @@ from sparse_ext.benchmark.results import ResultsTable, fraction_label, summarise
 
 METRICS = ("recall", "precision", "f1", "f1_valthr", "ap", "ap50")
 FIXED_PRIORS = tuple(f"nnpu_pi{p:02d}" for p in range(2, 7))
-METHODS = ("ce", "focal", "bde", "ece", "pu_classic", "nnpu_val", *FIXED_PRIORS, "nnpu_sampled")
+METHODS = (
+    "ce",
+    "focal",
+    "bde",
+    "ece",
+    "ece_budget",
+    "pu_classic",
+    "nnpu_val",
+    *FIXED_PRIORS,
+    "nnpu_sampled",
+)
 
 
 def _num(value: object) -> float:

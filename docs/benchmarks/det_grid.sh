@@ -35,11 +35,16 @@ if [[ $which == hela || $which == all ]]; then
   if [[ -z ${FRACTIONS:-} ]]; then
     for s in 0 1 2; do bench hela 30 ce,nnpu_sampled,bde,ece "$s"; done
   fi
+  # ECE with its exclusions bounded by pi_u (MODEL.SPARSE.ECE.EXCLUSION_BUDGET -1)
+  for s in 0 1 2; do bench hela "$fractions" ece_budget "$s"; done
+  if [[ -z ${FRACTIONS:-} ]]; then
+    for s in 0 1 2; do bench hela 30 ece_budget "$s"; done
+  fi
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against the recommended recipe (ECE), then the others
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 100,10 ce "$s"; bench hgsc 10 ece "$s"; done
-  for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 10 nnpu_sampled,bde "$s"; done
+  for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 10 nnpu_sampled,bde,ece_budget "$s"; done
   # multi-scale training (the test tiles' nuclei are larger than the training ones): CE and ECE
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench_jitter 10,100 ce "$s"; bench_jitter 10 ece "$s"; done
 fi

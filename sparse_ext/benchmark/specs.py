@@ -333,6 +333,15 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
             {**_DET_ECE, "MODEL.SPARSE.ECE.SCHEDULE.VALUE": 0.8},
             "Faster R-CNN, ROI loss ECE with constant rho 0.8",
         ),
+        # ECE whose exclusions are bounded by pi_u, the share of true objects expected among the
+        # unannotated proposals (from the annotated fraction, as the nnPU sampled prior): a guard
+        # against the all-foreground collapse (sparse_ext.losses.beyond_exclusion_budget).
+        "ece_budget": LossSpec(
+            "ece_budget",
+            _DET_TINY,
+            {**_DET_ECE, "MODEL.SPARSE.ECE.EXCLUSION_BUDGET": -1.0},
+            "Faster R-CNN, ROI loss ECE with exclusions bounded by pi_u",
+        ),
         # A fixed prior of 0.25 is the positive quota the ROI sampler fills with every nucleus
         # annotated (8 of 32, measured), not the prior at lower fractions: at 10 % the true share
         # among the sampled ROIs measured about 0.05-0.065 early in training (issue 12). Not a

@@ -63,6 +63,11 @@ def add_sparse_config(cfg: CN) -> None:
     _C.MODEL.SPARSE.ECE.FOCAL_GAMMA = 0.0
     # Probability of keeping an unannotated term (background sampling), a schedule like rho.
     _C.MODEL.SPARSE.ECE.SAMPLING = _schedule_node(1.0)
+    # The largest share of a batch's unannotated proposals (anchors) that rho may exclude
+    # (sparse_ext.losses.beyond_exclusion_budget; the most confident stay excluded): 1 = no
+    # bound (the paper); -1 = pi_u, the share of true objects expected among them, derived
+    # like the nnPU sampled prior from ANNOTATED_FRACTION and PU.OBJECT_SHARE (RPN_OBJECT_SHARE).
+    _C.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = 1.0
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
     _C.MODEL.SPARSE.PU = CN()
@@ -262,6 +267,20 @@ def validate_sparse_config(cfg: CN) -> None:
     _check_choice(errors, "MODEL.SPARSE.ECE.CONFIDENCE", ece.CONFIDENCE, CONFIDENCE_MODES)
     _check_number(errors, "MODEL.SPARSE.ECE.FOCAL_ALPHA", ece.FOCAL_ALPHA, 0.0)
     _check_number(errors, "MODEL.SPARSE.ECE.FOCAL_GAMMA", ece.FOCAL_GAMMA, 0.0)
+    _check_number(
+        errors,
+        "MODEL.SPARSE.ECE.EXCLUSION_BUDGET",
+        ece.EXCLUSION_BUDGET,
+        0.0,
+        1.0,
+        allowed=(-1.0,),
+        what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION",
+    )
+    if ece.EXCLUSION_BUDGET != 1.0 and ece.CONFIDENCE != "foreground":
+        errors.append(
+            f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ece.EXCLUSION_BUDGET!r} ranks the foreground "
+            f"confidence: it needs CONFIDENCE 'foreground', not {ece.CONFIDENCE!r}"
+        )
 
     pu = sparse.PU
     _check_number(
@@ -350,10 +369,16 @@ def validate_sparse_test_config(cfg: CN) -> None:
 
 
 def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
-    """The ExclusiveCrossEntropy module configured by ``MODEL.SPARSE.ECE``."""
+    """The ExclusiveCrossEntropy module configured by ``MODEL.SPARSE.ECE`` (the RPN's when
+    ``use_sigmoid``)."""
     from sparse_ext.losses import ExclusiveCrossEntropy
 
     ece = cfg.MODEL.SPARSE.ECE
+    budget: Optional[float] = None
+    if ece.EXCLUSION_BUDGET == -1.0:
+        budget = unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
+    elif ece.EXCLUSION_BUDGET < 1.0:
+        budget = float(ece.EXCLUSION_BUDGET)
     focal_on = ece.FOCAL_GAMMA != 0.0 or ece.FOCAL_ALPHA != 1.0
     sampling = _build_schedule(ece.SAMPLING, "MODEL.SPARSE.ECE.SAMPLING")
     sampling_off = ece.SAMPLING.TYPE.lower() == "constant" and ece.SAMPLING.VALUE == 1.0
@@ -364,6 +389,7 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
         confidence=ece.CONFIDENCE,
         focal_alpha=ece.FOCAL_ALPHA if focal_on else None,
         focal_gamma=ece.FOCAL_GAMMA if focal_on else None,
+        exclusion_budget=budget,
         ignore_index=-1,  # Detectron2's targets are never ignored here; -1 frees class 255
         reduction=reduction,
     )
@@ -404,8 +430,6 @@ def pu_prior(cfg: CN, stage: str) -> float:
     Raises:
         ValueError: "sampled" with pi_u to derive and no annotated fraction known.
     """
-    from sparse_ext.losses.nnpu import unlabeled_prior
-
     pu = cfg.MODEL.SPARSE.PU
     rpn = stage == "rpn"
     if pu.PRIOR_MODE != "sampled":
@@ -413,15 +437,29 @@ def pu_prior(cfg: CN, stage: str) -> float:
     pi_u = pu.RPN_UNLABELED_PRIOR if rpn else pu.UNLABELED_PRIOR
     if pi_u >= 0:
         return pi_u
+    key = "RPN_UNLABELED_PRIOR" if rpn else "UNLABELED_PRIOR"
+    return unlabeled_prior_of(cfg, stage, f"PU.PRIOR_MODE 'sampled' with PU.{key} -1")
+
+
+def unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
+    """pi_u of the ROI head (``stage="roi"``) or the RPN derived from the annotated fraction:
+    ``unlabeled_prior(f, q)`` = (1 - f) q / (1 - f q) with f from :func:`annotated_fraction` and
+    q = PU.OBJECT_SHARE (RPN_OBJECT_SHARE).
+
+    Raises:
+        ValueError: no annotated fraction known (``user`` names the setting that needs it).
+    """
+    from sparse_ext.losses.nnpu import unlabeled_prior
+
     fraction = annotated_fraction(cfg)
     if fraction is None:
-        key = "RPN_UNLABELED_PRIOR" if rpn else "UNLABELED_PRIOR"
         raise ValueError(
-            "MODEL.SPARSE.PU.PRIOR_MODE 'sampled' derives pi_u from the annotated fraction, "
-            f"which is unknown: set MODEL.SPARSE.ANNOTATED_FRACTION or MODEL.SPARSE.PU.{key}, or "
-            "train on COCO files with info.sparse_fraction (sparse-ext convert subsample)"
+            f"MODEL.SPARSE.{user} derives pi_u from the annotated fraction, which is unknown: "
+            "set MODEL.SPARSE.ANNOTATED_FRACTION, or train on COCO files with "
+            "info.sparse_fraction (sparse-ext convert subsample)"
         )
-    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if rpn else pu.OBJECT_SHARE)
+    pu = cfg.MODEL.SPARSE.PU
+    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if stage == "rpn" else pu.OBJECT_SHARE)
 
 
 def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from sparse_ext.losses.box_density import bde_weights
 from sparse_ext.losses.exclusive_cross_entropy import (
     ExclusiveCrossEntropy,
     background_keep_prob,
+    beyond_exclusion_budget,
     exclusive_cross_entropy,
 )
 from sparse_ext.losses.label_super_resolution import (
@@ -48,6 +49,7 @@ __all__ = [
     "RampSigmoidSchedule",
     "SigmoidSchedule",
     "background_keep_prob",
+    "beyond_exclusion_budget",
     "build_schedule",
     "exclusive_cross_entropy",
     "LabelSuperResolutionLoss",

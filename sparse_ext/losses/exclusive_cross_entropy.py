@@ -43,6 +43,7 @@ __all__ = [
     "CONFIDENCE_MODES",
     "KEEP_MARGIN",
     "background_keep_prob",
+    "beyond_exclusion_budget",
     "REDUCTIONS",
     "ExclusiveCrossEntropy",
     "exclusive_cross_entropy",
@@ -498,6 +499,46 @@ def background_keep_prob(annotated_fraction: float, margin: float = KEEP_MARGIN)
     return 1.0 if f >= 1.0 else min(1.0, c * f / (1.0 - f))
 
 
+def beyond_exclusion_budget(
+    foreground: Tensor, unannotated: Tensor, rho: float, budget: float
+) -> Tensor:
+    """The unannotated elements that Eq. 7 would exclude beyond a budget: kept as background.
+
+    Eq. 7 (Panteli et al., ICCV 2021) drops the background term of every unannotated element
+    whose foreground confidence reaches rho. Nothing bounds how many: once most unannotated
+    elements pass rho, none is pulled back to the background (the all-foreground collapse seen
+    in detection). The budget bounds the excluded share by the share of true objects expected
+    among the unannotated elements (e.g. pi_u of :func:`sparse_ext.losses.nnpu.unlabeled_prior`):
+    of the elements passing rho only the k = ceil(budget * #unannotated) most confident stay
+    excluded; the others are returned, to be kept as annotated background. Not in the paper.
+
+    Args:
+        foreground: the foreground confidence (1 - p(background)) of each element, any shape.
+        unannotated: bool mask shaped like ``foreground``, the tentative background.
+        rho: the exclusivity threshold (elements with confidence >= rho are excluded).
+        budget: the largest excluded share of the unannotated elements, in [0, 1].
+
+    Returns:
+        A bool mask shaped like ``foreground``: unannotated, confidence >= rho, and not among the
+        k most confident of those.
+    """
+    budget = check_unit("budget", budget)
+    if foreground.shape != unannotated.shape:
+        raise ValueError(
+            f"foreground {tuple(foreground.shape)} and unannotated "
+            f"{tuple(unannotated.shape)} must have the same shape"
+        )
+    with torch.no_grad():
+        candidate = unannotated.bool() & (foreground >= rho)
+        k = math.ceil(budget * int(unannotated.sum()))
+        if int(candidate.sum()) <= k:
+            return torch.zeros_like(candidate)
+        scores = foreground.float().masked_fill(~candidate, -math.inf).flatten()
+        beyond = candidate.clone().flatten()
+        beyond[scores.topk(k).indices] = False
+        return beyond.view_as(candidate)
+
+
 def exclusive_cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -631,6 +672,9 @@ class ExclusiveCrossEntropy(nn.Module):
             While :attr:`fraction_check_pending` (set by a training loop that will call
             :meth:`check_annotated_fraction`, e.g. MMSeg's ``SparseLossAnnealingHook``), f is
             capped at :data:`~sparse_ext.losses.fraction.UNCHECKED_FRACTION_CEILING`.
+        exclusion_budget: the largest share of the unannotated elements that rho may exclude
+            per call, in [0, 1] (:func:`beyond_exclusion_budget`; the most confident ones stay
+            excluded); None: no bound, the paper's Eq. 7. Needs ``confidence="foreground"``.
         use_sigmoid, confidence, focal_alpha, focal_gamma, ignore_index, reduction: as in
             :func:`exclusive_cross_entropy`.
     """
@@ -645,10 +689,19 @@ class ExclusiveCrossEntropy(nn.Module):
         focal_alpha: Optional[float] = None,
         focal_gamma: Optional[float] = None,
         annotated_fraction: Optional[float] = None,
+        exclusion_budget: Optional[float] = None,
         ignore_index: int = 255,
         reduction: str = "mean",
     ) -> None:
         super().__init__()
+        if exclusion_budget is not None:
+            exclusion_budget = check_unit("exclusion_budget", exclusion_budget)
+            if confidence != "foreground":
+                raise ValueError(
+                    f"exclusion_budget ranks the foreground confidence: it needs confidence "
+                    f"'foreground', got {confidence!r}"
+                )
+        self.exclusion_budget = exclusion_budget
         self.annotated_fraction: Optional[float] = None
         if annotated_fraction is not None:
             self.set_annotated_fraction(annotated_fraction)
@@ -737,6 +790,8 @@ class ExclusiveCrossEntropy(nn.Module):
     ) -> Tensor:
         """The loss at the current progress; ``ignore_index``/``reduction`` override the module's."""
         ignore = self.ignore_index if ignore_index is None else ignore_index
+        if self.exclusion_budget is not None and self.rho < 1.0:
+            target, annotated = self._within_budget(logits, target, annotated, ignore)
         loss = exclusive_cross_entropy(
             logits,
             target,
@@ -756,8 +811,26 @@ class ExclusiveCrossEntropy(nn.Module):
             )
         return loss
 
+    def _within_budget(
+        self, logits: Tensor, target: Tensor, annotated: Optional[Tensor], ignore: int
+    ) -> tuple[Tensor, Tensor]:
+        """(target, annotated) with the exclusions beyond :attr:`exclusion_budget` turned into
+        annotated background (:func:`beyond_exclusion_budget`)."""
+        logits, checked = _check_inputs(logits, target, self.use_sigmoid)
+        labelled = checked != 0 if annotated is None else _check_annotated(annotated, checked)
+        unannotated = ~labelled & (checked != ignore)
+        with torch.no_grad():
+            if self.use_sigmoid:
+                foreground = torch.sigmoid(logits.float())
+            else:
+                foreground = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+        beyond = beyond_exclusion_budget(foreground, unannotated, self.rho, self.exclusion_budget)
+        return checked.masked_fill(beyond, 0), labelled | beyond
+
     def extra_repr(self) -> str:
         parts = [f"schedule={self.schedule!r}"]
+        if self.exclusion_budget is not None:
+            parts.append(f"exclusion_budget={self.exclusion_budget:g}")
         if self.sampling_schedule is not None:
             parts.append(f"sampling_schedule={self.sampling_schedule!r}")
         elif self.annotated_fraction is not None:
