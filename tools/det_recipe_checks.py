@@ -31,6 +31,8 @@ METHODS = (
     "bde",
     "ece",
     "ece_budget",
+    "ece_rho08",
+    "ece_table2",
     "pu_classic",
     "nnpu_val",
     *FIXED_PRIORS,

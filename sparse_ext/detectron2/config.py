@@ -376,7 +376,7 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
     ece = cfg.MODEL.SPARSE.ECE
     budget: Optional[float] = None
     if ece.EXCLUSION_BUDGET == -1.0:
-        budget = unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
+        budget = _unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
     elif ece.EXCLUSION_BUDGET < 1.0:
         budget = float(ece.EXCLUSION_BUDGET)
     focal_on = ece.FOCAL_GAMMA != 0.0 or ece.FOCAL_ALPHA != 1.0
@@ -438,10 +438,10 @@ def pu_prior(cfg: CN, stage: str) -> float:
     if pi_u >= 0:
         return pi_u
     key = "RPN_UNLABELED_PRIOR" if rpn else "UNLABELED_PRIOR"
-    return unlabeled_prior_of(cfg, stage, f"PU.PRIOR_MODE 'sampled' with PU.{key} -1")
+    return _unlabeled_prior_of(cfg, stage, f"PU.PRIOR_MODE 'sampled' with PU.{key} -1")
 
 
-def unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
+def _unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
     """pi_u of the ROI head (``stage="roi"``) or the RPN derived from the annotated fraction:
     ``unlabeled_prior(f, q)`` = (1 - f) q / (1 - f q) with f from :func:`annotated_fraction` and
     q = PU.OBJECT_SHARE (RPN_OBJECT_SHARE).
