@@ -634,21 +634,25 @@ def exclusive_cross_entropy(
 _NO_EXCLUSION = 0.99
 
 
+def _foreground_probability(logits: Tensor, shape: torch.Size, use_sigmoid: bool) -> Tensor:
+    """1 - p(background) per element, shaped ``shape`` (the target's), in float32, no grad."""
+    with torch.no_grad():
+        if use_sigmoid:
+            return torch.sigmoid(logits.reshape(shape).float())
+        return 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+
+
 def _foreground_scores(
     logits: Tensor, target: Tensor, annotated: Optional[Tensor], use_sigmoid: bool, ignore: int
 ) -> tuple[Tensor, Tensor]:
     """The foreground probability (1 - p(background)) of the non-ignored elements, and where
     they are annotated foreground."""
-    with torch.no_grad():
-        valid = target != ignore
-        labelled = (target != 0) & valid
-        if annotated is not None:
-            labelled &= annotated.bool()
-        if use_sigmoid:
-            scores = torch.sigmoid(logits.reshape(target.shape).float())
-        else:
-            scores = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
-        return scores[valid], labelled[valid]
+    valid = target != ignore
+    labelled = (target != 0) & valid
+    if annotated is not None:
+        labelled &= annotated.bool()
+    scores = _foreground_probability(logits, target.shape, use_sigmoid)
+    return scores[valid], labelled[valid]
 
 
 class ExclusiveCrossEntropy(nn.Module):
@@ -819,11 +823,7 @@ class ExclusiveCrossEntropy(nn.Module):
         logits, checked = _check_inputs(logits, target, self.use_sigmoid)
         labelled = checked != 0 if annotated is None else _check_annotated(annotated, checked)
         unannotated = ~labelled & (checked != ignore)
-        with torch.no_grad():
-            if self.use_sigmoid:
-                foreground = torch.sigmoid(logits.float())
-            else:
-                foreground = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+        foreground = _foreground_probability(logits, checked.shape, self.use_sigmoid)
         beyond = beyond_exclusion_budget(foreground, unannotated, self.rho, self.exclusion_budget)
         return checked.masked_fill(beyond, 0), labelled | beyond
 
