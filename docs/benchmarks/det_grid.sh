@@ -41,7 +41,7 @@ if [[ $which == hela || $which == all ]]; then
     for s in 0 1 2; do bench hela 30 ece_budget "$s"; done
   fi
   # multi-scale training (as on the H&E tiles below): CE against ECE with the bound
-  for s in 0 1 2; do bench_jitter hela 1/patch ce,ece_budget "$s"; done
+  for s in 0 1 2; do bench_jitter hela "$fractions" ce,ece_budget "$s"; done
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against the recommended recipe (ECE), then the others
