@@ -256,8 +256,8 @@ BAD_SETTINGS = [
     ("MODEL.SPARSE.ECE.CONFIDENCE", "entropy", "one of foreground, margin, logit_margin"),
     ("MODEL.SPARSE.ECE.FOCAL_ALPHA", -0.5, ">= 0"),
     ("MODEL.SPARSE.ECE.FOCAL_GAMMA", -1.0, ">= 0"),
-    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", 1.5, "in [0, 1] or -1"),
-    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", -0.5, "in [0, 1] or -1"),
+    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", 1.5, "in [0, 1] or -1 or -2"),
+    ("MODEL.SPARSE.ECE.EXCLUSION_BUDGET", -0.5, "in [0, 1] or -1 or -2"),
     ("MODEL.SPARSE.PU.PRIOR", 1.5, "in (0, 1)"),
     ("MODEL.SPARSE.PU.PRIOR", 0.0, "in (0, 1)"),
     ("MODEL.SPARSE.PU.PRIOR", float("nan"), "in (0, 1)"),
@@ -490,6 +490,60 @@ def test_ece_exclusion_budget_from_config_and_the_annotated_fraction():
     cfg.MODEL.SPARSE.ECE.CONFIDENCE = "foreground"
     history, _ = train_steps(build(cfg), batch("mixed"), steps=2)
     assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+
+
+def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
+    cfg = tiny_cfg("ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": -2.0})
+    with pytest.raises(ValueError, match="ECE.EXCLUSION_BUDGET derives pi_u.*ANNOTATED_FRACTION"):
+        build(cfg)
+    cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.25
+    cfg.MODEL.SPARSE.ECE.SCHEDULE.VALUE = 0.3  # rho below the untrained head's confidences
+    model = build(cfg)
+    assert model.roi_heads.box_predictor.ece_budget_fraction == 0.25
+    assert model.roi_heads.box_predictor.ece_loss.exclusion_budget is None
+    data = batch("mixed")
+    gt = [d["instances"] for d in data]
+    # proposals: the three annotations shifted by 1 px (IoU > 0.8) and five 6 px boxes (IoU < 0.1)
+    # in the annotated image, six 6 px boxes in the other; Detectron2 appends the annotations.
+    small = [
+        [x, y, x + 6, y + 6] for x, y in ((0, 0), (88, 0), (0, 88), (88, 88), (60, 60), (40, 40))
+    ]
+    boxes = [[[x0 + 1, y0 + 1, x1 + 1, y1 + 1] for x0, y0, x1, y1 in BOXES3] + small[:5], small]
+    proposals = []
+    for b in boxes:
+        inst = Instances((SIZE, SIZE))
+        inst.proposal_boxes = Boxes(torch.tensor(b, dtype=torch.float32))
+        inst.objectness_logits = torch.zeros(len(b))
+        proposals.append(inst)
+    with EventStorage(0):
+        images = model.preprocess_image(data)
+        features = model.backbone(images.tensor)
+        sampled = model.roi_heads.label_and_sample_proposals(proposals, gt)
+        # by hand: 3 proposals on annotations (their 3 appended boxes not counted), 5 + 6 off them
+        assert [p.candidates_on_annotated.unique().tolist() for p in sampled] == [[3], [0]]
+        assert [p.unlabeled_candidates.unique().tolist() for p in sampled] == [[5], [6]]
+        budget = 3 * 0.75 / (0.25 * 11)  # estimated_unlabeled_prior: 0.818
+        predictions = roi_predictions(model, features, sampled)
+        losses = model.roi_heads.box_predictor.losses(predictions, sampled)
+        logged = get_event_storage().latest()["fast_rcnn/ece_budget"][0]
+    assert logged == pytest.approx(budget)
+    scores = predictions[0]
+    logits = torch.cat([scores[:, 1:], scores[:, :1]], dim=1)
+    target = torch.remainder(cat([p.gt_classes for p in sampled]) + 1, 2)
+    ece = model.roi_heads.box_predictor.ece_loss
+    expected = ece(logits, target, exclusion_budget=budget)
+    torch.testing.assert_close(losses["loss_cls"], expected)
+    assert not torch.allclose(expected, ece(logits, target))  # the bound changed the loss
+    history, _ = train_steps(model, data, steps=2)
+    assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+
+    # the stock path records nothing; the RPN has no ROI sampler to count
+    with EventStorage(0):
+        plain = build(tiny_cfg("ece")).roi_heads.label_and_sample_proposals(proposals, gt)
+    assert not plain[0].has("candidates_on_annotated")
+    cfg.MODEL.SPARSE.RPN_LOSS = "ece"
+    with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2 estimates pi_u.*the RPN"):
+        build(cfg)
 
 
 @pytest.mark.parametrize("prior_mode,surrogate", [("fixed", "log"), ("sampled", "sigmoid")])

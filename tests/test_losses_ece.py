@@ -727,6 +727,13 @@ def test_module_exclusion_budget_keeps_the_excess_as_background(use_sigmoid):
     marked = torch.tensor([[True, False, False, False, False]])
     relabelled = torch.tensor([[1, 1, 0, 1, 1]])
     assert module(logits, relabelled, marked).item() == pytest.approx(expected, rel=1e-12)
+    # a per-call budget (a per-batch estimate) overrides the module's: the same loss as a module
+    # built with it, and 1 restores the unbounded loss
+    free = ExclusiveCrossEntropy(0.5, use_sigmoid=use_sigmoid)
+    assert free(logits, target, exclusion_budget=0.25).item() == pytest.approx(expected, rel=1e-12)
+    assert module(logits, target, exclusion_budget=1.0).item() == pytest.approx(
+        unbounded.item(), rel=1e-12
+    )
 
 
 def test_module_exclusion_budget_is_validated_and_shown():
@@ -734,5 +741,10 @@ def test_module_exclusion_budget_is_validated_and_shown():
         ExclusiveCrossEntropy(exclusion_budget=-0.1)
     with pytest.raises(ValueError, match="needs confidence 'foreground'"):
         ExclusiveCrossEntropy(confidence="margin", exclusion_budget=0.1)
+    x, y = torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="exclusion_budget"):
+        ExclusiveCrossEntropy()(x, y, exclusion_budget=1.5)
+    with pytest.raises(ValueError, match="needs confidence 'foreground'"):
+        ExclusiveCrossEntropy(confidence="margin")(x, y, exclusion_budget=0.1)
     module = ExclusiveCrossEntropy(exclusion_budget=0.05)
     assert "exclusion_budget=0.05" in repr(pickle.loads(pickle.dumps(module)))

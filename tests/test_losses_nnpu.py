@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_ext.losses import NonNegativePULoss, nnpu_loss
-from sparse_ext.losses.nnpu import sampled_prior, unlabeled_prior
+from sparse_ext.losses.nnpu import estimated_unlabeled_prior, sampled_prior, unlabeled_prior
 
 
 def softplus(x: float) -> float:
@@ -244,6 +244,23 @@ def test_unlabeled_prior_and_sampled_prior_hand_computed():
             unlabeled_prior(*bad)
     with pytest.raises(ValueError, match="unlabeled_prior"):
         sampled_prior(1, 1, 1.0)
+
+
+def test_estimated_unlabeled_prior_hand_computed():
+    # 12 candidates on annotated objects at f = 0.1: 108 expected on the unannotated ones
+    assert estimated_unlabeled_prior(12, 300, 0.1) == pytest.approx(108 / 300, rel=1e-12)
+    assert estimated_unlabeled_prior(12, 300, 1.0) == 0.0  # every object annotated
+    assert estimated_unlabeled_prior(0, 300, 0.1) == 0.0  # no candidate on an object yet
+    assert estimated_unlabeled_prior(40, 100, 0.1) == 1.0  # capped: every unlabeled candidate
+    assert estimated_unlabeled_prior(5, 0, 0.1) == 0.0  # nothing unlabeled
+    # it agrees with the fixed-share formula when the share among all candidates is q:
+    # 1000 candidates, q = 0.06 -> 60 on objects, f = 0.1 -> 6 on annotations, 994 unlabeled
+    assert estimated_unlabeled_prior(6, 994, 0.1) == pytest.approx(unlabeled_prior(0.1, 0.06))
+    for bad in ((-1, 3, 0.1), (1, -3, 0.1), (1.5, 3, 0.1), (True, 3, 0.1)):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            estimated_unlabeled_prior(*bad)
+    with pytest.raises(ValueError, match="annotated_fraction"):
+        estimated_unlabeled_prior(1, 3, 0.0)
 
 
 @pytest.mark.parametrize("nonnegative", ["clamp", "none", "kiryo"])

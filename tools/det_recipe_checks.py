@@ -31,6 +31,7 @@ METHODS = (
     "bde",
     "ece",
     "ece_budget",
+    "ece_budget_est",
     "ece_rho08",
     "ece_table2",
     "pu_classic",

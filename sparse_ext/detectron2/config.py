@@ -25,6 +25,9 @@ __all__ = [
     "validate_sparse_test_config",
 ]
 
+#: MODEL.SPARSE.ECE.EXCLUSION_BUDGET that estimates pi_u per batch (ROI head only).
+ESTIMATED_BUDGET = -2.0
+
 #: Loss names accepted by MODEL.SPARSE.ROI_LOSS and MODEL.SPARSE.RPN_LOSS.
 VALID_LOSSES = ("ce", "focal", "ece", "nnpu", "bde")
 
@@ -66,7 +69,9 @@ def add_sparse_config(cfg: CN) -> None:
     # The largest share of a batch's unannotated proposals (anchors) that rho may exclude
     # (sparse_ext.losses.beyond_exclusion_budget; the most confident stay excluded): 1 = no
     # bound (the paper); -1 = pi_u, the share of true objects expected among them, derived
-    # like the nnPU sampled prior from ANNOTATED_FRACTION and PU.OBJECT_SHARE (RPN_OBJECT_SHARE).
+    # like the nnPU sampled prior from ANNOTATED_FRACTION and PU.OBJECT_SHARE (RPN_OBJECT_SHARE);
+    # -2 (ROI head only) = pi_u estimated per batch from ANNOTATED_FRACTION and the proposals
+    # that lie on annotations (sparse_ext.losses.estimated_unlabeled_prior).
     _C.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = 1.0
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
@@ -273,9 +278,16 @@ def validate_sparse_config(cfg: CN) -> None:
         ece.EXCLUSION_BUDGET,
         0.0,
         1.0,
-        allowed=(-1.0,),
-        what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION",
+        allowed=(-1.0, ESTIMATED_BUDGET),
+        what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION; "
+        "-2: pi_u estimated per batch",
     )
+    if ece.EXCLUSION_BUDGET == ESTIMATED_BUDGET and sparse.RPN_LOSS == "ece":
+        errors.append(
+            f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ESTIMATED_BUDGET:g} estimates pi_u from the "
+            "ROI sampler's proposals: the RPN has none (RPN_LOSS 'ece' needs a budget of -1 or "
+            "in [0, 1])"
+        )
     if ece.EXCLUSION_BUDGET != 1.0 and ece.CONFIDENCE != "foreground":
         errors.append(
             f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ece.EXCLUSION_BUDGET!r} ranks the foreground "
@@ -374,10 +386,10 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
     from sparse_ext.losses import ExclusiveCrossEntropy
 
     ece = cfg.MODEL.SPARSE.ECE
-    budget: Optional[float] = None
+    budget: Optional[float] = None  # also with ESTIMATED_BUDGET: the ROI head passes it per call
     if ece.EXCLUSION_BUDGET == -1.0:
         budget = _unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
-    elif ece.EXCLUSION_BUDGET < 1.0:
+    elif 0.0 <= ece.EXCLUSION_BUDGET < 1.0:
         budget = float(ece.EXCLUSION_BUDGET)
     focal_on = ece.FOCAL_GAMMA != 0.0 or ece.FOCAL_ALPHA != 1.0
     sampling = _build_schedule(ece.SAMPLING, "MODEL.SPARSE.ECE.SAMPLING")
@@ -451,6 +463,17 @@ def _unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
     """
     from sparse_ext.losses.nnpu import unlabeled_prior
 
+    fraction = _known_fraction(cfg, user)
+    pu = cfg.MODEL.SPARSE.PU
+    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if stage == "rpn" else pu.OBJECT_SHARE)
+
+
+def _known_fraction(cfg: CN, user: str) -> float:
+    """:func:`annotated_fraction`, which ``MODEL.SPARSE.{user}`` needs.
+
+    Raises:
+        ValueError: no annotated fraction known.
+    """
     fraction = annotated_fraction(cfg)
     if fraction is None:
         raise ValueError(
@@ -458,8 +481,7 @@ def _unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
             "set MODEL.SPARSE.ANNOTATED_FRACTION, or train on COCO files with "
             "info.sparse_fraction (sparse-ext convert subsample)"
         )
-    pu = cfg.MODEL.SPARSE.PU
-    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if stage == "rpn" else pu.OBJECT_SHARE)
+    return fraction
 
 
 def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
@@ -498,6 +520,8 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
             use_sigmoid=stage == "rpn",
             reduction="mean" if stage == "roi" else "sum",
         )
+        if stage == "roi" and sparse.ECE.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
+            options["ece_budget_fraction"] = _known_fraction(cfg, "ECE.EXCLUSION_BUDGET")
     return options
 
 

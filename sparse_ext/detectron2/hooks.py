@@ -8,7 +8,13 @@ from detectron2.engine import HookBase
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-__all__ = ["SparseProgressHook", "log_pu_prior", "set_sparse_progress", "storage_progress"]
+__all__ = [
+    "SparseProgressHook",
+    "log_pu_prior",
+    "log_scalar",
+    "set_sparse_progress",
+    "storage_progress",
+]
 
 
 def storage_progress(max_iter: int) -> Optional[float]:
@@ -29,14 +35,19 @@ def log_pu_prior(key: str, labelled: Tensor, pu_options: Mapping[str, Any]) -> N
     EventStorage."""
     if pu_options.get("prior_mode") != "sampled":
         return
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        return
     from sparse_ext.losses.nnpu import sampled_prior
 
     n_pos = int(labelled.sum())
-    storage.put_scalar(key, sampled_prior(n_pos, labelled.numel() - n_pos, pu_options["prior"]))
+    log_scalar(key, sampled_prior(n_pos, labelled.numel() - n_pos, pu_options["prior"]))
+
+
+def log_scalar(key: str, value: float) -> None:
+    """Put ``value`` into the EventStorage under ``key``; nothing outside an EventStorage."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage in use (a custom loop)
+        return
+    storage.put_scalar(key, value)
 
 
 def set_sparse_progress(model: nn.Module, progress: float) -> int:

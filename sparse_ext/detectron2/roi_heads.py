@@ -21,8 +21,8 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
 from sparse_ext.detectron2.config import check_loss_name, sparse_loss_options
-from sparse_ext.detectron2.hooks import log_pu_prior, storage_progress
-from sparse_ext.losses import bde_weights, nnpu_loss
+from sparse_ext.detectron2.hooks import log_pu_prior, log_scalar, storage_progress
+from sparse_ext.losses import bde_weights, estimated_unlabeled_prior, nnpu_loss
 
 __all__ = ["SparseFastRCNNOutputLayers", "SparseROIHeads"]
 
@@ -53,6 +53,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         pu_options: Optional[Dict[str, Any]] = None,
         focal_options: Optional[Dict[str, Any]] = None,
         bde_options: Optional[Dict[str, Any]] = None,
+        ece_budget_fraction: Optional[float] = None,
         max_iter: int = 0,
         **kwargs,
     ):
@@ -63,6 +64,9 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
             pu_options: keyword arguments of ``nnpu_loss`` (``prior`` required for nnpu).
             focal_options: ``alpha`` and ``gamma`` of ``sigmoid_focal_loss``.
             bde_options: ``iou_threshold`` and ``score_threshold`` of ``bde_weights``.
+            ece_budget_fraction: the annotated fraction f with which ``ece`` bounds its
+                exclusions by pi_u estimated per batch (:meth:`SparseROIHeads._sample_proposals`
+                counts the candidates); None: the module's own budget.
             max_iter: SOLVER.MAX_ITER, the denominator of training progress.
             kwargs: FastRCNNOutputLayers' arguments.
         """
@@ -84,6 +88,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.pu_options = dict(pu_options or {})
         self.focal_options = dict(focal_options or {"alpha": 0.25, "gamma": 2.0})
         self.bde_options = dict(bde_options or {})
+        self.ece_budget_fraction = ece_budget_fraction
         self.max_iter = int(max_iter)
         self._progress: Optional[float] = None
 
@@ -119,7 +124,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         elif self.loss_name == "focal":
             loss_cls = self._focal_loss(scores, gt_classes)
         elif self.loss_name == "ece":
-            loss_cls = self._ece_loss(scores, gt_classes)
+            loss_cls = self._ece_loss(scores, gt_classes, self._estimated_budget(proposals))
         elif self.loss_name == "nnpu":
             loss_cls = nnpu_loss(
                 scores, gt_classes, background_index=self.num_classes, **self.pu_options
@@ -141,13 +146,37 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         )
         return loss / scores.shape[0]
 
-    def _ece_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    def _estimated_budget(self, proposals: List[Instances]) -> Optional[float]:
+        """pi_u of this batch's unannotated proposals (None unless ``ece_budget_fraction``):
+        :func:`sparse_ext.losses.estimated_unlabeled_prior` of the candidate counts that
+        :class:`SparseROIHeads` records on each image's sampled proposals."""
+        if self.ece_budget_fraction is None:
+            return None
+        counts = [
+            (int(p.candidates_on_annotated[0]), int(p.unlabeled_candidates[0]))
+            for p in proposals
+            if len(p) and p.has("candidates_on_annotated")
+        ]
+        if len(counts) != sum(1 for p in proposals if len(p)):
+            raise RuntimeError(
+                "MODEL.SPARSE.ECE.EXCLUSION_BUDGET -2 counts the candidates in the ROI sampler: "
+                "use MODEL.ROI_HEADS.NAME 'SparseROIHeads'"
+            )
+        budget = estimated_unlabeled_prior(
+            sum(c[0] for c in counts), sum(c[1] for c in counts), self.ece_budget_fraction
+        )
+        log_scalar("fast_rcnn/ece_budget", budget)
+        return budget
+
+    def _ece_loss(
+        self, scores: torch.Tensor, gt_classes: torch.Tensor, budget: Optional[float] = None
+    ) -> torch.Tensor:
         self.ece_loss.set_progress(self.progress)
         # sparse_ext puts the background first, Detectron2 last: rotate classes by one.
         bg = self.num_classes
         logits = torch.cat([scores[:, bg:], scores[:, :bg]], dim=1)
         target = torch.remainder(gt_classes + 1, bg + 1)
-        return self.ece_loss(logits, target)
+        return self.ece_loss(logits, target, exclusion_budget=budget)
 
     def _bde_loss(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances], gt_classes
@@ -190,6 +219,36 @@ class SparseROIHeads(StandardROIHeads):
     ``MODEL.SPARSE.ROI_LOSS: ce`` and the same seed, the model is stock Detectron2's, weights and
     losses bit for bit (no stock predictor is built and thrown away).
     """
+
+    def label_and_sample_proposals(
+        self, proposals: List[Instances], targets: List[Instances]
+    ) -> List[Instances]:
+        """Detectron2's sampling; when the box predictor estimates its exclusion budget
+        (``ece_budget_fraction``), each image's sampled proposals also carry the counts of its
+        candidates before sampling: ``candidates_on_annotated`` (matched to an annotation, the
+        appended annotation boxes not counted) and ``unlabeled_candidates`` (matched to none)."""
+        if getattr(self.box_predictor, "ece_budget_fraction", None) is None:
+            return super().label_and_sample_proposals(proposals, targets)
+        self._candidate_counts: Optional[List[Tuple[int, int]]] = []
+        try:
+            sampled = super().label_and_sample_proposals(proposals, targets)
+            counts = self._candidate_counts
+        finally:
+            self._candidate_counts = None
+        for inst, (on_annotated, unlabeled) in zip(sampled, counts):
+            device = inst.gt_classes.device
+            inst.candidates_on_annotated = torch.full((len(inst),), on_annotated, device=device)
+            inst.unlabeled_candidates = torch.full((len(inst),), unlabeled, device=device)
+        return sampled
+
+    def _sample_proposals(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self, "_candidate_counts", None) is not None:
+            appended = len(gt_classes) if self.proposal_append_gt else 0
+            on_annotated = max(int((matched_labels == 1).sum()) - appended, 0)
+            self._candidate_counts.append((on_annotated, int((matched_labels == 0).sum())))
+        return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> Dict[str, Any]:

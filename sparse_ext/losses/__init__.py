@@ -31,7 +31,12 @@ from sparse_ext.losses.maxmin_objective import (
     maxmin_objective,
     wildcat_pool,
 )
-from sparse_ext.losses.nnpu import NonNegativePULoss, nnpu_loss, unlabeled_prior
+from sparse_ext.losses.nnpu import (
+    NonNegativePULoss,
+    estimated_unlabeled_prior,
+    nnpu_loss,
+    unlabeled_prior,
+)
 from sparse_ext.losses.schedules import (
     ConstantSchedule,
     EpochSigmoidSchedule,
@@ -64,6 +69,7 @@ __all__ = [
     "maxmin_objective",
     "nnpu_loss",
     "unlabeled_prior",
+    "estimated_unlabeled_prior",
     "size_barrier",
     "soft_mask",
     "uncertainty_regularizer",

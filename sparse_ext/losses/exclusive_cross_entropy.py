@@ -539,6 +539,17 @@ def beyond_exclusion_budget(
         return beyond.view_as(candidate)
 
 
+def _checked_budget(budget: float, confidence: str) -> float:
+    """``budget`` validated in [0, 1]; the bound ranks the foreground confidence."""
+    budget = check_unit("exclusion_budget", budget)
+    if confidence != "foreground":
+        raise ValueError(
+            f"exclusion_budget ranks the foreground confidence: it needs confidence "
+            f"'foreground', got {confidence!r}"
+        )
+    return budget
+
+
 def exclusive_cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -699,12 +710,7 @@ class ExclusiveCrossEntropy(nn.Module):
     ) -> None:
         super().__init__()
         if exclusion_budget is not None:
-            exclusion_budget = check_unit("exclusion_budget", exclusion_budget)
-            if confidence != "foreground":
-                raise ValueError(
-                    f"exclusion_budget ranks the foreground confidence: it needs confidence "
-                    f"'foreground', got {confidence!r}"
-                )
+            exclusion_budget = _checked_budget(exclusion_budget, confidence)
         self.exclusion_budget = exclusion_budget
         self.annotated_fraction: Optional[float] = None
         if annotated_fraction is not None:
@@ -791,11 +797,16 @@ class ExclusiveCrossEntropy(nn.Module):
         *,
         ignore_index: Optional[int] = None,
         reduction: Optional[str] = None,
+        exclusion_budget: Optional[float] = None,
     ) -> Tensor:
-        """The loss at the current progress; ``ignore_index``/``reduction`` override the module's."""
+        """The loss at the current progress; ``ignore_index``, ``reduction`` and
+        ``exclusion_budget`` (e.g. a per-batch estimate of pi_u) override the module's."""
         ignore = self.ignore_index if ignore_index is None else ignore_index
-        if self.exclusion_budget is not None and self.rho < 1.0:
-            target, annotated = self._within_budget(logits, target, annotated, ignore)
+        budget = self.exclusion_budget
+        if exclusion_budget is not None:
+            budget = _checked_budget(exclusion_budget, self.confidence)
+        if budget is not None and self.rho < 1.0:
+            target, annotated = self._within_budget(logits, target, annotated, ignore, budget)
         loss = exclusive_cross_entropy(
             logits,
             target,
@@ -816,15 +827,20 @@ class ExclusiveCrossEntropy(nn.Module):
         return loss
 
     def _within_budget(
-        self, logits: Tensor, target: Tensor, annotated: Optional[Tensor], ignore: int
+        self,
+        logits: Tensor,
+        target: Tensor,
+        annotated: Optional[Tensor],
+        ignore: int,
+        budget: float,
     ) -> tuple[Tensor, Tensor]:
-        """(target, annotated) with the exclusions beyond :attr:`exclusion_budget` turned into
-        annotated background (:func:`beyond_exclusion_budget`)."""
+        """(target, annotated) with the exclusions beyond ``budget`` turned into annotated
+        background (:func:`beyond_exclusion_budget`)."""
         logits, checked = _check_inputs(logits, target, self.use_sigmoid)
         labelled = checked != 0 if annotated is None else _check_annotated(annotated, checked)
         unannotated = ~labelled & (checked != ignore)
         foreground = _foreground_probability(logits, checked.shape, self.use_sigmoid)
-        beyond = beyond_exclusion_budget(foreground, unannotated, self.rho, self.exclusion_budget)
+        beyond = beyond_exclusion_budget(foreground, unannotated, self.rho, budget)
         return checked.masked_fill(beyond, 0), labelled | beyond
 
     def extra_repr(self) -> str:

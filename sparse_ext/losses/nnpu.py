@@ -60,6 +60,7 @@ from sparse_ext.losses._validate import (
 __all__ = [
     "NonNegativePULoss",
     "check_nnpu_settings",
+    "estimated_unlabeled_prior",
     "nnpu_loss",
     "sampled_prior",
     "unlabeled_prior",
@@ -136,6 +137,36 @@ def unlabeled_prior(annotated_fraction: float, object_share: float) -> float:
     f = check_range("annotated_fraction", annotated_fraction, 0.0, 1.0, low_open=True)
     q = check_range("object_share", object_share, 0.0, 1.0, high_open=True)
     return (1.0 - f) * q / (1.0 - f * q)
+
+
+def estimated_unlabeled_prior(
+    on_annotated: int, unlabeled: int, annotated_fraction: float
+) -> float:
+    """pi_u estimated from the candidates themselves: the share of true objects among the
+    ``unlabeled`` candidates, given the ``on_annotated`` candidates that lie on an annotated
+    object (IoU at the sampler's foreground threshold; boxes appended from the annotations
+    themselves not counted) and the annotated fraction f:
+
+        pi_u = min(1, on_annotated * (1 - f) / (f * unlabeled))
+
+    Each object is annotated with probability f, so the unannotated objects number (1 - f) / f
+    per annotated one, and a proposal generator that cannot tell them apart puts as many
+    candidates on each. Unlike :func:`unlabeled_prior` with a fixed object share q, the estimate
+    follows the proposals as the RPN learns to place them on objects. Not in Zhao, Pang et al.
+    (MICCAI 2021), whose pi is a constant. 0 when there is no unlabeled candidate.
+
+    Args:
+        on_annotated: candidates on an annotated object, >= 0.
+        unlabeled: candidates on no annotated object, >= 0.
+        annotated_fraction: f in (0, 1].
+    """
+    f = check_range("annotated_fraction", annotated_fraction, 0.0, 1.0, low_open=True)
+    for name, n in (("on_annotated", on_annotated), ("unlabeled", unlabeled)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+    if unlabeled == 0:
+        return 0.0
+    return min(1.0, on_annotated * (1.0 - f) / (f * unlabeled))
 
 
 def sampled_prior(num_positive: int, num_unlabeled: int, unlabeled_prior: float) -> float:
