@@ -40,8 +40,9 @@ if [[ $which == hela || $which == all ]]; then
   if [[ -z ${FRACTIONS:-} ]]; then
     for s in 0 1 2; do bench hela 30 ece_budget "$s"; done
   fi
-  # multi-scale training (as on the H&E tiles below): CE against ECE with the bound
-  for s in 0 1 2; do bench_jitter hela "$fractions" ce,ece_budget "$s"; done
+  # multi-scale training (as on the H&E tiles below): CE against ECE with the bound, fixed
+  # (EXCLUSION_BUDGET -1) and estimated per batch (-2)
+  for s in 0 1 2; do bench_jitter hela "$fractions" ce,ece_budget,ece_budget_est "$s"; done
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against the recommended recipe (ECE), then the others
@@ -50,6 +51,7 @@ if [[ $which == hgsc || $which == all ]]; then
   # multi-scale training (the test tiles' nuclei are larger than the training ones): CE and ECE
   for s in ${HARNESS_SEEDS:-0 1 2}; do
     bench_jitter hgsc 10,100 ce "$s"
-    bench_jitter hgsc 10 ece,ece_budget "$s"
+    bench_jitter hgsc 10 ece,ece_budget,ece_budget_est "$s"
+    bench_jitter hgsc 1/patch ce,ece_budget_est "$s"
   done
 fi
