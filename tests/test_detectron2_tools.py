@@ -4,6 +4,7 @@ Skipped where detectron2 is not importable (it is not on PyPI; see docs/detectro
 under CI (the CI environment variable set), where that is a failure.
 """
 
+import glob
 import json
 import math
 import os
@@ -410,6 +411,22 @@ def test_det_benchmark_end_to_end(tmp_path, monkeypatch):
     lines = []
     run_benchmark(str(tmp_path / "data"), "det", log=lines.append, **kwargs)
     assert sum("done before" in line for line in lines) == 2, lines
+
+    # tools/det_object_share.py on a trained run: the shares are shares, the fixed pi_u is
+    # unlabeled_prior(f, q) with the run's f (0.5) and PU.OBJECT_SHARE
+    import importlib.util
+
+    from sparse_ext.losses import unlabeled_prior
+
+    path = os.path.join(REPO, "tools", "det_object_share.py")
+    spec = importlib.util.spec_from_file_location("det_object_share", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (run,) = glob.glob(str(tmp_path / "work" / "det" / "*" / "nnpu_f050_s0"))
+    shares = tool.measure(run, root, passes=1)
+    assert shares["fraction"] == 0.5
+    assert shares["fixed"] == pytest.approx(unlabeled_prior(0.5, 0.06))
+    assert 0.0 <= shares["true"] <= 1.0 and 0.0 <= shares["estimated"] <= 1.0
 
 
 def test_det_benchmark_evaluates_val_and_reads_f1_at_the_val_threshold(tmp_path):
