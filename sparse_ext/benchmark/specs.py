@@ -345,7 +345,7 @@ LOSSES: Dict[str, Dict[str, LossSpec]] = {
         # The same bound with pi_u estimated per batch from the proposals on annotations
         # (sparse_ext.losses.estimated_unlabeled_prior): it follows the RPN as it learns to put
         # proposals on nuclei, where the fixed object share 0.06 measured early in training
-        # undercounts them 2-4x by the end of it.
+        # undercounts them 2-8x by the end of it (tools/det_object_share.py).
         "ece_budget_est": LossSpec(
             "ece_budget_est",
             _DET_TINY,

@@ -220,6 +220,10 @@ class SparseROIHeads(StandardROIHeads):
     losses bit for bit (no stock predictor is built and thrown away).
     """
 
+    #: (candidates on an annotation, candidates on none) per image, while sampling for a box
+    #: predictor that estimates its exclusion budget.
+    _candidate_counts: Optional[List[Tuple[int, int]]] = None
+
     def label_and_sample_proposals(
         self, proposals: List[Instances], targets: List[Instances]
     ) -> List[Instances]:
@@ -227,9 +231,9 @@ class SparseROIHeads(StandardROIHeads):
         (``ece_budget_fraction``), each image's sampled proposals also carry the counts of its
         candidates before sampling: ``candidates_on_annotated`` (matched to an annotation, the
         appended annotation boxes not counted) and ``unlabeled_candidates`` (matched to none)."""
-        if getattr(self.box_predictor, "ece_budget_fraction", None) is None:
+        if self.box_predictor.ece_budget_fraction is None:
             return super().label_and_sample_proposals(proposals, targets)
-        self._candidate_counts: Optional[List[Tuple[int, int]]] = []
+        self._candidate_counts = []
         try:
             sampled = super().label_and_sample_proposals(proposals, targets)
             counts = self._candidate_counts
@@ -244,7 +248,7 @@ class SparseROIHeads(StandardROIHeads):
     def _sample_proposals(
         self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if getattr(self, "_candidate_counts", None) is not None:
+        if self._candidate_counts is not None:
             appended = len(gt_classes) if self.proposal_append_gt else 0
             on_annotated = max(int((matched_labels == 1).sum()) - appended, 0)
             self._candidate_counts.append((on_annotated, int((matched_labels == 0).sum())))
