@@ -48,7 +48,7 @@ fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against the recommended recipe (ECE), then the others
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 100,10 ce "$s"; bench hgsc 10 ece "$s"; done
-  for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 10 nnpu_sampled,bde,ece_budget "$s"; done
+  for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 10 nnpu_sampled,bde,ece_budget,ece_budget_est "$s"; done
   # multi-scale training (the test tiles' nuclei are larger than the training ones): CE and ECE
   for s in ${HARNESS_SEEDS:-0 1 2}; do
     bench_jitter hgsc 10,100 ce "$s"
