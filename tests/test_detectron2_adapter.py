@@ -541,6 +541,8 @@ def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
     with EventStorage(0):
         plain = build(tiny_cfg("ece")).roi_heads.label_and_sample_proposals(proposals, gt)
     assert not plain[0].has("candidates_on_annotated")
+    with pytest.raises(RuntimeError, match="counts the candidates.*'SparseROIHeads'"):
+        model.roi_heads.box_predictor._estimated_budget(plain)  # sampled without the counts
     cfg.MODEL.SPARSE.RPN_LOSS = "ece"
     with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2 estimates pi_u.*the RPN"):
         build(cfg)
