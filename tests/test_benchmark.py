@@ -702,6 +702,10 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     # F1 mean (0.7 + 0.9) / 2 = 0.8 against CE's 0.5
     assert "0.800 ± 0.100 (2)" in nnpu and nnpu.endswith("| +0.300 | +0.300 | +0.300 |")
     assert any("validation chose pi = 0.04, 0.03" in x for x in lines)
+    # differences to CE pair the seeds: a method without seed 1 is compared with CE's seed 0
+    lines = tool.checks([*rows, row("ce", 2, 0.5, 0.9), row("bde", 0, 0.5, 0.7)])
+    bde = next(x for x in lines if x.startswith("| bde | 10% |"))
+    assert bde.endswith("| +0.300 | +0.300 | +0.300 |")  # 0.7 - 0.4, not 0.7 - mean(CE) 0.633
 
 
 def test_derived_data_is_kept_per_dataset(tmp_path):

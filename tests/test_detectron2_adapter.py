@@ -33,7 +33,9 @@ from sparse_ext.detectron2 import (  # noqa: E402
     set_sparse_progress,
     validate_sparse_config,
 )
+from sparse_ext.detectron2.config import ESTIMATED_BUDGET  # noqa: E402
 from sparse_ext.losses import exclusive_cross_entropy, nnpu_loss  # noqa: E402
+from sparse_ext.losses.fraction import FALLBACK_ANNOTATED_FRACTION  # noqa: E402
 from sparse_ext.losses.nnpu import unlabeled_prior  # noqa: E402
 from sparse_ext.losses.schedules import (  # noqa: E402
     ConstantSchedule,
@@ -159,7 +161,8 @@ def test_r50_configs_resolve_detectron2_recipe_and_differ_by_sparse_lines_only()
 
 def test_recommended_recipe_is_one_line_and_what_the_benchmark_ran():
     """faster_rcnn_*_sparse.yaml: one MODEL.SPARSE line on top of the CE recipe (R50-FPN) and of
-    the tiny CPU config, and the tiny one is exactly the det benchmark's `ece` run."""
+    the tiny CPU config, and the tiny one is exactly the det benchmark's `ece_budget_est` run (ECE
+    with the default exclusion bound, pi_u estimated per batch)."""
     from sparse_ext.benchmark.specs import LOSSES
 
     for base, sparse in (
@@ -170,9 +173,14 @@ def test_recommended_recipe_is_one_line_and_what_the_benchmark_ran():
         b = flat(load_sparse_config(os.path.join(CONFIG_DIR, sparse)))
         assert sorted(k for k in a if a[k] != b[k]) == ["MODEL.SPARSE.ROI_LOSS"], sparse
         assert b["MODEL.SPARSE.ROI_LOSS"] == "ece" and b["MODEL.SPARSE.RPN_LOSS"] == "ce"
+        assert b["MODEL.SPARSE.ECE.EXCLUSION_BUDGET"] == ESTIMATED_BUDGET
     bench = load_sparse_config(TINY)
-    bench.merge_from_list([x for kv in LOSSES["det"]["ece"].overrides.items() for x in kv])
+    overrides = LOSSES["det"]["ece_budget_est"].overrides
+    bench.merge_from_list([x for kv in overrides.items() for x in kv])
     assert flat(bench) == b
+    paper = load_sparse_config(TINY)  # the benchmark's `ece` is the paper's: no bound
+    paper.merge_from_list([x for kv in LOSSES["det"]["ece"].overrides.items() for x in kv])
+    assert paper.MODEL.SPARSE.ECE.EXCLUSION_BUDGET == 1.0
 
 
 def test_every_det_benchmark_spec_is_a_valid_config():
@@ -451,8 +459,9 @@ def test_r50_ce_recipe_builds_the_model_zoo_faster_rcnn_weights():
 
 
 def test_ece_with_rho_one_equals_ce():
+    """rho = 1 excludes nothing: CE, with the default bound (its counts taken) in the ROI head."""
     ce = build(tiny_cfg())
-    cfg = tiny_cfg("ece", "ece")
+    cfg = tiny_cfg("ece", "ece", **{"MODEL.SPARSE.ANNOTATED_FRACTION": 0.5})
     cfg.MODEL.SPARSE.ECE.SCHEDULE.VALUE = 1.0
     ece = build(cfg)
     ece.load_state_dict(ce.state_dict())
@@ -471,7 +480,8 @@ def test_ece_exclusion_budget_from_config_and_the_annotated_fraction():
         stages = (model.roi_heads.box_predictor, model.proposal_generator)
         return [stage.ece_loss.exclusion_budget for stage in stages]
 
-    assert budgets(tiny_cfg("ece", "ece")) == [None, None]  # the paper's unbounded Eq. 7
+    paper = {"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 1.0}
+    assert budgets(tiny_cfg("ece", "ece", **paper)) == [None, None]  # the unbounded Eq. 7
     assert budgets(tiny_cfg("ece", "ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 0.2})) == [
         0.2,
         0.2,
@@ -493,9 +503,11 @@ def test_ece_exclusion_budget_from_config_and_the_annotated_fraction():
 
 
 def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
-    cfg = tiny_cfg("ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": -2.0})
-    with pytest.raises(ValueError, match="ECE.EXCLUSION_BUDGET derives pi_u.*ANNOTATED_FRACTION"):
-        build(cfg)
+    cfg = tiny_cfg("ece")  # the default budget, -2
+    assert cfg.MODEL.SPARSE.ECE.EXCLUSION_BUDGET == ESTIMATED_BUDGET == -2.0
+    with pytest.warns(UserWarning, match="EXCLUSION_BUDGET -2: the annotated fraction is unknown"):
+        fallback = build(cfg).roi_heads.box_predictor.ece_budget_fraction
+    assert fallback == FALLBACK_ANNOTATED_FRACTION
     cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.25
     cfg.MODEL.SPARSE.ECE.SCHEDULE.VALUE = 0.3  # rho below the untrained head's confidences
     model = build(cfg)
@@ -537,15 +549,16 @@ def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
     history, _ = train_steps(model, data, steps=2)
     assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
 
-    # the stock path records nothing; the RPN has no ROI sampler to count
+    # the stock path (no bound) records nothing; the RPN has no ROI sampler to count: no bound
+    paper = tiny_cfg("ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 1.0})
     with EventStorage(0):
-        plain = build(tiny_cfg("ece")).roi_heads.label_and_sample_proposals(proposals, gt)
+        plain = build(paper).roi_heads.label_and_sample_proposals(proposals, gt)
     assert not plain[0].has("candidates_on_annotated")
     with pytest.raises(RuntimeError, match="counts the candidates.*'SparseROIHeads'"):
         model.roi_heads.box_predictor._estimated_budget(plain)  # sampled without the counts
     cfg.MODEL.SPARSE.RPN_LOSS = "ece"
-    with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2 estimates pi_u.*the RPN"):
-        build(cfg)
+    rpn = build(cfg).proposal_generator
+    assert rpn.loss_name == "ece" and rpn.ece_loss.exclusion_budget is None
 
 
 @pytest.mark.parametrize("prior_mode,surrogate", [("fixed", "log"), ("sampled", "sigmoid")])
@@ -665,7 +678,7 @@ def test_nnpu_sampled_prior_trains(surrogate):
 
 
 def test_ece_rho_follows_the_schedule_as_storage_iter_advances():
-    cfg = tiny_cfg("ece", "ece", num_classes=2)
+    cfg = tiny_cfg("ece", "ece", num_classes=2, **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 1.0})
     cfg.SOLVER.MAX_ITER = 10
     cfg.MODEL.SPARSE.ECE.SCHEDULE.TYPE = "linear"
     cfg.MODEL.SPARSE.ECE.SCHEDULE.START = 0.05

@@ -68,9 +68,29 @@ def with_validation_prior(rows: Sequence[Mapping[str, str]]) -> List[Dict[str, s
     return out
 
 
+def paired_difference(
+    rows: Sequence[Mapping[str, str]], method: str, fraction: int, metric: str
+) -> float:
+    """Mean of ``metric`` of ``method`` minus CE's at one annotation level, over the seeds both
+    ran (NaN: none), so that a method run on fewer seeds is compared with CE on the same ones."""
+    by_seed: Dict[str, Dict[str, float]] = {method: {}, "ce": {}}
+    for r in rows:
+        if r["loss"] in by_seed and int(r["fraction"]) == fraction:
+            by_seed[r["loss"]][r["seed"]] = _num(r[metric])
+    seeds = [
+        s
+        for s in by_seed[method]
+        if s in by_seed["ce"] and not math.isnan(by_seed[method][s] + by_seed["ce"][s])
+    ]
+    if not seeds:
+        return float("nan")
+    return sum(by_seed[method][s] - by_seed["ce"][s] for s in seeds) / len(seeds)
+
+
 def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
     """Markdown lines: per annotation level, each method's metrics (mean ± std, seeds) and its
-    F1@0.5 / recall / precision differences to CE."""
+    F1@0.5 / recall / precision differences to CE on the seeds both ran
+    (:func:`paired_difference`)."""
     rows = with_validation_prior(rows)
     stats = {m: summarise(rows, m) for m in METRICS}
     chosen = defaultdict(list)
@@ -81,7 +101,6 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
     head = ["method", "annotated", *METRICS, "F1 - CE", "recall - CE", "precision - CE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fraction in fractions:
-        ce = {m: stats[m].get("ce", {}).get(fraction) for m in METRICS}
         for method in METHODS:
             if fraction not in stats["f1"].get(method, {}):
                 continue
@@ -90,8 +109,8 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
                 cell = stats[m].get(method, {}).get(fraction)
                 cells.append("-" if cell is None else f"{cell[0]:.3f} ± {cell[1]:.3f} ({cell[2]})")
             for m in ("f1", "recall", "precision"):
-                mine, base = stats[m][method][fraction][0], ce[m]
-                cells.append("-" if base is None else f"{mine - base[0]:+.3f}")
+                diff = paired_difference(rows, method, fraction, m)
+                cells.append("-" if math.isnan(diff) else f"{diff:+.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     notes = [
         f"- {fraction_label(f)}: validation chose pi = {', '.join(chosen[f])} (seeds in order)"

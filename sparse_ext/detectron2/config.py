@@ -25,7 +25,7 @@ __all__ = [
     "validate_sparse_test_config",
 ]
 
-#: MODEL.SPARSE.ECE.EXCLUSION_BUDGET that estimates pi_u per batch (ROI head only).
+#: MODEL.SPARSE.ECE.EXCLUSION_BUDGET that estimates pi_u per batch (the default; ROI head only).
 ESTIMATED_BUDGET = -2.0
 
 #: Loss names accepted by MODEL.SPARSE.ROI_LOSS and MODEL.SPARSE.RPN_LOSS.
@@ -70,9 +70,11 @@ def add_sparse_config(cfg: CN) -> None:
     # (sparse_ext.losses.beyond_exclusion_budget; the most confident stay excluded): 1 = no
     # bound (the paper); -1 = pi_u, the share of true objects expected among them, derived
     # like the nnPU sampled prior from ANNOTATED_FRACTION and PU.OBJECT_SHARE (RPN_OBJECT_SHARE);
-    # -2 (ROI head only) = pi_u estimated per batch from ANNOTATED_FRACTION and the proposals
-    # that lie on annotations (sparse_ext.losses.estimated_unlabeled_prior).
-    _C.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = 1.0
+    # -2 (the default) = the ROI head's pi_u estimated per batch from ANNOTATED_FRACTION and the
+    # proposals that lie on annotations (sparse_ext.losses.estimated_unlabeled_prior; f unknown:
+    # 0.2 with a warning); the RPN, which samples anchors, not proposals, is not bounded by -2.
+    # The default guards against ECE's all-foreground collapse (docs/benchmarks, Detection).
+    _C.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = ESTIMATED_BUDGET
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
     _C.MODEL.SPARSE.PU = CN()
@@ -282,16 +284,15 @@ def validate_sparse_config(cfg: CN) -> None:
         what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION; "
         "-2: pi_u estimated per batch",
     )
-    if ece.EXCLUSION_BUDGET == ESTIMATED_BUDGET and sparse.RPN_LOSS == "ece":
-        errors.append(
-            f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ESTIMATED_BUDGET:g} estimates pi_u from the "
-            "ROI sampler's proposals: the RPN has none (RPN_LOSS 'ece' needs a budget of -1 or "
-            "in [0, 1])"
-        )
-    if ece.EXCLUSION_BUDGET != 1.0 and ece.CONFIDENCE != "foreground":
+    bounded = ece.EXCLUSION_BUDGET != 1.0 and (
+        sparse.ROI_LOSS == "ece"
+        or (sparse.RPN_LOSS == "ece" and ece.EXCLUSION_BUDGET != ESTIMATED_BUDGET)
+    )
+    if bounded and ece.CONFIDENCE != "foreground":
         errors.append(
             f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ece.EXCLUSION_BUDGET!r} ranks the foreground "
-            f"confidence: it needs CONFIDENCE 'foreground', not {ece.CONFIDENCE!r}"
+            f"confidence: it needs CONFIDENCE 'foreground', not {ece.CONFIDENCE!r} (or "
+            "EXCLUSION_BUDGET 1: no bound, the paper's Eq. 7)"
         )
 
     pu = sparse.PU
@@ -386,7 +387,8 @@ def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
     from sparse_ext.losses import ExclusiveCrossEntropy
 
     ece = cfg.MODEL.SPARSE.ECE
-    budget: Optional[float] = None  # also with ESTIMATED_BUDGET: the ROI head passes it per call
+    # None also with ESTIMATED_BUDGET: the ROI head passes its budget per call, the RPN has none
+    budget: Optional[float] = None
     if ece.EXCLUSION_BUDGET == -1.0:
         budget = _unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
     elif 0.0 <= ece.EXCLUSION_BUDGET < 1.0:
@@ -521,7 +523,13 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
             reduction="mean" if stage == "roi" else "sum",
         )
         if stage == "roi" and sparse.ECE.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
-            options["ece_budget_fraction"] = _known_fraction(cfg, "ECE.EXCLUSION_BUDGET")
+            from sparse_ext.losses.fraction import fallback_annotated_fraction
+
+            # the default: like the segmentation recipes, an unknown f falls back with a warning
+            options["ece_budget_fraction"] = annotated_fraction(cfg) or fallback_annotated_fraction(
+                f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET {ESTIMATED_BUDGET:g}",
+                "MODEL.SPARSE.ANNOTATED_FRACTION",
+            )
     return options
 
 

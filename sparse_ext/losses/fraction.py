@@ -64,10 +64,11 @@ _MAX_SHARE = 0.99
 FALLBACK_WARNING = r".*: the annotated fraction is unknown"
 
 
-def fallback_annotated_fraction(owner: str) -> float:
-    """Warn that ``owner`` does not know the annotated fraction; return the fallback."""
+def fallback_annotated_fraction(owner: str, setting: str = "annotated_fraction=...") -> float:
+    """Warn that ``owner`` does not know the annotated fraction (``setting`` gives it); return
+    the fallback."""
     warnings.warn(
-        f"{owner}: the annotated fraction is unknown (give annotated_fraction=..., or train on "
+        f"{owner}: the annotated fraction is unknown (give {setting}, or train on "
         "data that records it: the COCO file's info.sparse_fraction or a labels/frac<NNN> "
         f"folder); assuming {FALLBACK_ANNOTATED_FRACTION}",
         UserWarning,
