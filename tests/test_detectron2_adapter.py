@@ -560,6 +560,13 @@ def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
     rpn = build(cfg).proposal_generator
     assert rpn.loss_name == "ece" and rpn.ece_loss.exclusion_budget is None
 
+    # the default bound ranks the foreground confidence, where it bounds anything
+    margin = {"MODEL.SPARSE.ECE.CONFIDENCE": "margin"}
+    validate_sparse_config(tiny_cfg("ce", "ece", **margin))  # -2 leaves the RPN unbounded
+    with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2.0 ranks.*or EXCLUSION_BUDGET 1"):
+        validate_sparse_config(tiny_cfg("ece", **margin))
+    validate_sparse_config(tiny_cfg("ece", **margin, **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 1.0}))
+
 
 @pytest.mark.parametrize("prior_mode,surrogate", [("fixed", "log"), ("sampled", "sigmoid")])
 def test_nnpu_equals_core_function_on_the_heads_logits_and_labels(prior_mode, surrogate):
