@@ -47,7 +47,7 @@ if [[ $which == hela || $which == all ]]; then
   for s in 0 1 2; do bench_jitter hela "$fractions" ce,ece_budget,ece_budget_est "$s"; done
   # the shipped recipe (ECE with the estimated bound, the default) against CE and the paper's
   # ECE on two more seeds
-  for s in 3 4; do bench hela "$fractions" ce,ece,ece_budget_est "$s"; done
+  for s in 3 4; do bench hela "$fractions" ce,ece,ece_budget_est,bde "$s"; done
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against ECE as published, then the others
@@ -62,4 +62,6 @@ if [[ $which == hgsc || $which == all ]]; then
   for s in ${HARNESS_SEEDS:-0 1 2}; do bench hgsc 1/patch ce,ece,ece_budget_est "$s"; done
   # the shipped recipe (the estimated bound) against CE on two more seeds
   for s in 3 4; do bench hgsc 10 ce,ece_budget_est "$s"; bench_jitter hgsc 10 ce,ece_budget_est "$s"; done
+  # BDE, the best on HeLa, with multi-scale training on the H&E tiles
+  for s in 0 1 2 3 4; do bench_jitter hgsc 10 bde "$s"; done
 fi
