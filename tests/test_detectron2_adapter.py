@@ -565,6 +565,8 @@ def test_ece_exclusion_budget_estimated_per_batch_from_the_sampled_candidates():
     validate_sparse_config(tiny_cfg("ce", "ece", **margin))  # -2 leaves the RPN unbounded
     with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2.0 ranks.*or EXCLUSION_BUDGET 1"):
         validate_sparse_config(tiny_cfg("ece", **margin))
+    with pytest.raises(ValueError, match="EXCLUSION_BUDGET = -2.0 ranks"):
+        validate_sparse_config(tiny_cfg("ECE", **margin))  # loss names take any case
     validate_sparse_config(tiny_cfg("ece", **margin, **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": 1.0}))
 
 

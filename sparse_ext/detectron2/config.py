@@ -284,11 +284,11 @@ def validate_sparse_config(cfg: CN) -> None:
         what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION; "
         "-2: pi_u estimated per batch",
     )
-    bounded = ece.EXCLUSION_BUDGET != 1.0 and (
-        sparse.ROI_LOSS == "ece"
-        or (sparse.RPN_LOSS == "ece" and ece.EXCLUSION_BUDGET != ESTIMATED_BUDGET)
-    )
-    if bounded and ece.CONFIDENCE != "foreground":
+    # where a bound acts: the ROI head's ECE, the RPN's unless the budget is the ROI-only -2
+    ece_heads = {k for k in ("ROI_LOSS", "RPN_LOSS") if str(sparse[k]).lower() == "ece"}
+    if ece.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
+        ece_heads.discard("RPN_LOSS")
+    if ece.EXCLUSION_BUDGET != 1.0 and ece_heads and ece.CONFIDENCE != "foreground":
         errors.append(
             f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET = {ece.EXCLUSION_BUDGET!r} ranks the foreground "
             f"confidence: it needs CONFIDENCE 'foreground', not {ece.CONFIDENCE!r} (or "
