@@ -21,7 +21,12 @@ from typing import Dict, List, Mapping, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_ext.benchmark.results import ResultsTable, fraction_label, summarise  # noqa: E402
+from sparse_ext.benchmark.results import (  # noqa: E402
+    ResultsTable,
+    fraction_label,
+    paired_differences,
+    summarise,
+)
 
 METRICS = ("recall", "precision", "f1", "f1_valthr", "ap", "ap50")
 FIXED_PRIORS = tuple(f"nnpu_pi{p:02d}" for p in range(2, 7))
@@ -68,31 +73,13 @@ def with_validation_prior(rows: Sequence[Mapping[str, str]]) -> List[Dict[str, s
     return out
 
 
-def paired_difference(
-    rows: Sequence[Mapping[str, str]], method: str, fraction: int, metric: str
-) -> float:
-    """Mean of ``metric`` of ``method`` minus CE's at one annotation level, over the seeds both
-    ran (NaN: none), so that a method run on fewer seeds is compared with CE on the same ones."""
-    by_seed: Dict[str, Dict[str, float]] = {method: {}, "ce": {}}
-    for r in rows:
-        if r["loss"] in by_seed and int(r["fraction"]) == fraction:
-            by_seed[r["loss"]][r["seed"]] = _num(r[metric])
-    seeds = [
-        s
-        for s in by_seed[method]
-        if s in by_seed["ce"] and not math.isnan(by_seed[method][s] + by_seed["ce"][s])
-    ]
-    if not seeds:
-        return float("nan")
-    return sum(by_seed[method][s] - by_seed["ce"][s] for s in seeds) / len(seeds)
-
-
 def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
     """Markdown lines: per annotation level, each method's metrics (mean ± std, seeds) and its
     F1@0.5 / recall / precision differences to CE on the seeds both ran
-    (:func:`paired_difference`)."""
+    (:func:`sparse_ext.benchmark.results.paired_differences`)."""
     rows = with_validation_prior(rows)
     stats = {m: summarise(rows, m) for m in METRICS}
+    to_ce = {m: paired_differences(rows, m) for m in ("f1", "recall", "precision")}
     chosen = defaultdict(list)
     for r in rows:
         if r["loss"] == "nnpu_val":
@@ -109,8 +96,8 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
                 cell = stats[m].get(method, {}).get(fraction)
                 cells.append("-" if cell is None else f"{cell[0]:.3f} ± {cell[1]:.3f} ({cell[2]})")
             for m in ("f1", "recall", "precision"):
-                diff = paired_difference(rows, method, fraction, m)
-                cells.append("-" if math.isnan(diff) else f"{diff:+.3f}")
+                diff = to_ce[m].get(method, {}).get(fraction)
+                cells.append("-" if diff is None else f"{diff:+.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     notes = [
         f"- {fraction_label(f)}: validation chose pi = {', '.join(chosen[f])} (seeds in order)"

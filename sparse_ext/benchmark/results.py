@@ -31,6 +31,7 @@ __all__ = [
     "cost_ratios",
     "format_summary",
     "markdown_table",
+    "paired_differences",
     "plot_task",
     "run_key",
     "summarise",
@@ -248,6 +249,28 @@ def summarise(
             std = math.sqrt(sum((x - mean) ** 2 for x in vals) / len(vals))
             out[loss][frac] = (mean, std, len(vals))
     return out
+
+
+def paired_differences(
+    rows: Iterable[Mapping[str, str]], metric: str, baseline: str = "ce"
+) -> Dict[str, Dict[int, float]]:
+    """``{loss: {fraction: mean difference}}`` of a metric to ``baseline``'s, over the seeds both
+    ran at that fraction, so that a loss run on fewer seeds meets the baseline on the same ones
+    (a loss with no such seed is left out)."""
+    values: Dict[Tuple[str, int, str], float] = {}
+    for row in rows:
+        v = _num(row.get(metric))
+        if v is not None:
+            values[(str(row["loss"]), int(row["fraction"]), str(row["seed"]))] = v
+    diffs: Dict[str, Dict[int, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for (loss, fraction, seed), v in values.items():
+        base = values.get((baseline, fraction, seed))
+        if base is not None:
+            diffs[loss][fraction].append(v - base)
+    return {
+        loss: {f: sum(d) / len(d) for f, d in sorted(by_frac.items())}
+        for loss, by_frac in diffs.items()
+    }
 
 
 def format_summary(
