@@ -567,33 +567,42 @@ def test_every_loss_spec_names_a_shipped_config():
 def test_seg_recipe_checks_ratios_margins_and_worst_seed():
     tool = _load_tool("seg_recipe_checks")
     rows = [
-        {"loss": "ce", "fraction": "100", "dice": "0.8"},
-        {"loss": "ce", "fraction": "100", "dice": "1.0"},
-        {"loss": "ce", "fraction": "30", "dice": "0.1"},
-        {"loss": "ce_sampled", "fraction": "30", "dice": "0.9"},
-        {"loss": "ce_sampled", "fraction": "30", "dice": "0.7"},
+        {"loss": "ce", "fraction": "100", "seed": "0", "dice": "0.8"},
+        {"loss": "ce", "fraction": "100", "seed": "1", "dice": "1.0"},
+        {"loss": "ce", "fraction": "30", "seed": "0", "dice": "0.1"},
+        {"loss": "ce", "fraction": "30", "seed": "1", "dice": "0.3"},
+        {"loss": "ce", "fraction": "30", "seed": "2", "dice": "0.9"},
+        {"loss": "ce_sampled", "fraction": "30", "seed": "0", "dice": "0.9"},
+        {"loss": "ce_sampled", "fraction": "30", "seed": "1", "dice": "0.7"},
     ]
     lines = tool.checks(rows)
     assert lines[0].startswith("CE@100: 0.900 ± 0.100 (2)")
     row = next(x for x in lines if x.startswith("| ce_sampled | 30 |"))
-    # mean 0.8: 0.8 / 0.9 of CE@100, 0.7 above CE@30, worst seed 0.7
-    assert row == "| ce_sampled | 30 | 0.800 ± 0.100 (2) | 0.889 | +0.700 | 0.700 |"
+    # mean 0.8: 0.8 / 0.9 of CE@100; over CE's seeds 0-1 (0.1, 0.3; not seed 2's 0.9): +0.6
+    assert row == "| ce_sampled | 30 | 0.800 ± 0.100 (2) | 0.889 | +0.600 | 0.700 |"
     assert tool.fraction_checks(rows) == []  # rows without the check's columns
     fcn = rows + [
-        {"loss": "fcn_ce", "fraction": "100", "dice": "0.5"},
-        {"loss": "fcn_ece", "fraction": "30", "dice": "0.4"},
+        {"loss": "fcn_ce", "fraction": "100", "seed": "0", "dice": "0.5"},
+        {"loss": "fcn_ece", "fraction": "30", "seed": "0", "dice": "0.4"},
     ]
     row = next(x for x in tool.checks(fcn) if x.startswith("| fcn_ece | 30 |"))
     assert (
         row
         == "| fcn_ece | 30 | 0.400 ± 0.000 (1) | 0.800 (fcn_ce@100 0.500 ± 0.000 (1)) | - | 0.400 |"
     )
-    rows[3].update(f_estimate="0.28", f_used="0.28")
-    rows[4].update(f_estimate="0.35", f_used="0.3")
+    rows[5].update(f_estimate="0.28", f_used="0.28")
+    rows[6].update(f_estimate="0.35", f_used="0.3")
     assert tool.fraction_checks(rows)[-1] == "| ce_sampled | 30 | 2 | 0.280-0.350 | 0.280-0.300 |"
     # a loss without the check (nnPU) records the f it was given and no estimate
     rows.append(
-        {"loss": "nnpu", "fraction": "10", "dice": "0.9", "f_estimate": "nan", "f_used": "0.1"}
+        {
+            "loss": "nnpu",
+            "fraction": "10",
+            "seed": "0",
+            "dice": "0.9",
+            "f_estimate": "nan",
+            "f_used": "0.1",
+        }
     )
     assert tool.fraction_checks(rows)[-1] == "| nnpu | 10 | 1 | - | 0.100-0.100 |"
 
@@ -778,3 +787,4 @@ def test_grid_scripts_name_only_known_losses(script):
     assert lists
     unknown = sorted({name for names in lists for name in names.split(",")} - known)
     assert not unknown, f"{os.path.basename(script)} names unknown losses {unknown}"
+
