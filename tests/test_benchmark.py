@@ -788,3 +788,22 @@ def test_grid_scripts_name_only_known_losses(script):
     unknown = sorted({name for names in lists for name in names.split(",")} - known)
     assert not unknown, f"{os.path.basename(script)} names unknown losses {unknown}"
 
+
+def test_det_false_positives_sorts_each_unmatched_detection_by_its_best_overlap():
+    import numpy as np
+
+    tool = _load_tool("det_false_positives")
+    # two annotations of area 100; detections, most confident first: a match of annotation 0, a
+    # second box on it (duplicate), a match of annotation 1, a small box half on it (fragment),
+    # a large one a fifth on it (oversized), one on nothing (isolated)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.52])
+    iou = np.array([[0.9, 0.0], [0.6, 0.0], [0.0, 0.7], [0.0, 0.3], [0.0, 0.2], [0.05, 0.0]])
+    areas = np.array([100.0, 100.0, 100.0, 30.0, 500.0, 100.0])
+    counts = tool.classify(scores, iou, areas, np.array([100.0, 100.0]))
+    assert dict(counts) == {"tp": 2, "duplicate": 1, "fragment": 1, "oversized": 1, "isolated": 1}
+    # the less confident of two boxes on one annotation is the duplicate, whatever its IoU
+    counts = tool.classify(np.array([0.6, 0.9]), np.array([[0.95], [0.55]]), areas[:2], areas[:1])
+    assert (counts["tp"], counts["duplicate"]) == (1, 1)
+    # no annotation: everything isolated
+    counts = tool.classify(np.array([0.9]), np.zeros((1, 0)), areas[:1], np.zeros(0))
+    assert (counts["isolated"], sum(counts.values())) == (1, 1)

@@ -789,3 +789,68 @@ def test_focal_roi_head_scores_with_sigmoid():
     scores = out[0]["instances"].scores
     assert ((scores >= 0) & (scores <= 1)).all()
     assert math.isfinite(float(scores.sum()))
+
+
+def test_ece_keeps_the_background_of_proposals_on_annotations():
+    """MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU: unannotated proposals that overlap an annotation
+    (below the foreground IoU) are never excluded, and the estimated bound counts the same
+    number of exclusions among the others."""
+    keep = {
+        "MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU": 0.2,
+        "MODEL.SPARSE.ANNOTATED_FRACTION": 0.5,
+        "MODEL.SPARSE.ECE.SCHEDULE.VALUE": 0.3,  # rho below the untrained head's confidences
+    }
+    model = build(tiny_cfg("ece", **keep))
+    predictor = model.roi_heads.box_predictor
+    assert predictor.ece_keep_background_iou == 0.2
+    with pytest.warns(UserWarning, match="annotated fraction is unknown"):
+        assert build(tiny_cfg("ece")).roi_heads.box_predictor.ece_keep_background_iou is None
+    data = batch("mixed")
+    gt = [d["instances"] for d in data]
+    # the annotated image: the annotations shifted by 1 px (IoU > 0.8), their left thirds (IoU
+    # 1/3: background, kept) and two 6 px boxes far from them; six 6 px boxes in the other
+    small = [
+        [x, y, x + 6, y + 6] for x, y in ((0, 0), (88, 0), (0, 88), (88, 88), (60, 60), (40, 40))
+    ]
+    thirds = [[x0, y0, x0 + (x1 - x0) / 3, y1] for x0, y0, x1, y1 in BOXES3]
+    shifted = [[x0 + 1, y0 + 1, x1 + 1, y1 + 1] for x0, y0, x1, y1 in BOXES3]
+    proposals = []
+    for b in (shifted + thirds + small[:2], small):
+        inst = Instances((SIZE, SIZE))
+        inst.proposal_boxes = Boxes(torch.tensor(b, dtype=torch.float32))
+        inst.objectness_logits = torch.zeros(len(b))
+        proposals.append(inst)
+    with EventStorage(0):
+        features = model.backbone(model.preprocess_image(data).tensor)
+        sampled = model.roi_heads.label_and_sample_proposals(proposals, gt)
+        gt_classes = cat([p.gt_classes for p in sampled])
+        kept = predictor._kept_background(sampled, gt_classes)
+        boxes = cat([p.proposal_boxes.tensor for p in sampled])
+        expected_kept = torch.zeros_like(kept)
+        for third in thirds:
+            expected_kept |= (boxes == torch.tensor(third)).all(dim=1)
+        assert int(expected_kept.sum()) == 3
+        assert torch.equal(kept, expected_kept)
+        predictions = roi_predictions(model, features, sampled)
+        losses = predictor.losses(predictions, sampled)
+        assert get_event_storage().latest()["fast_rcnn/ece_kept_background"][0] == pytest.approx(
+            3 / len(gt_classes)
+        )
+    # 3 candidates on annotations, 11 off them: pi_u = 3 * 0.5 / (0.5 * 11); its 11 * pi_u = 3
+    # exclusions are a share 3 / 8 of the 8 proposals that may be excluded
+    unannotated = int((gt_classes == 1).sum())
+    assert unannotated == 11
+    scores = predictions[0]
+    logits = torch.cat([scores[:, 1:], scores[:, :1]], dim=1)
+    target = torch.remainder(gt_classes + 1, 2)
+    ece = predictor.ece_loss
+    expected = ece(logits, target, (target != 0) | kept, exclusion_budget=3 / 8)
+    torch.testing.assert_close(losses["loss_cls"], expected)
+    budget = 3 * 0.5 / (0.5 * 11)
+    assert not torch.allclose(expected, ece(logits, target, exclusion_budget=budget))
+    history, _ = train_steps(model, data, steps=2)
+    assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"KEEP_BACKGROUND_IOU = .*: must be in \[0, 1\)"):
+            validate_sparse_config(tiny_cfg("ece", **{"MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU": bad}))

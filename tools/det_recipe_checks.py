@@ -37,6 +37,7 @@ METHODS = (
     "ece",
     "ece_budget",
     "ece_budget_est",
+    "ece_keep_bg",
     "ece_rho08",
     "ece_table2",
     "pu_classic",

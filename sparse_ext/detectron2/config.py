@@ -75,6 +75,11 @@ def add_sparse_config(cfg: CN) -> None:
     # 0.2 with a warning); the RPN, which samples anchors, not proposals, is not bounded by -2.
     # The default guards against ECE's all-foreground collapse (docs/benchmarks, Detection).
     _C.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = ESTIMATED_BUDGET
+    # ROI head: an unannotated proposal whose IoU with an annotation reaches this (while below
+    # ROI_HEADS.IOU_THRESHOLDS, so a background sample) keeps its background term: it is a
+    # badly placed box on a labelled object, not a missing label (Fast R-CNN's background
+    # range [0.1, 0.5)). 0 = off: every unannotated proposal may be excluded, as in the paper.
+    _C.MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU = 0.0
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
     _C.MODEL.SPARSE.PU = CN()
@@ -283,6 +288,15 @@ def validate_sparse_config(cfg: CN) -> None:
         allowed=(-1.0, ESTIMATED_BUDGET),
         what="a share of the unannotated samples; -1: pi_u from ANNOTATED_FRACTION; "
         "-2: pi_u estimated per batch",
+    )
+    _check_number(
+        errors,
+        "MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU",
+        ece.KEEP_BACKGROUND_IOU,
+        0.0,
+        1.0,
+        hi_open=True,
+        what="an IoU with an annotation; 0: off",
     )
     # where a bound acts: the ROI head's ECE, the RPN's unless the budget is the ROI-only -2
     ece_heads = {k for k in ("ROI_LOSS", "RPN_LOSS") if str(sparse[k]).lower() == "ece"}
@@ -522,6 +536,8 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
             use_sigmoid=stage == "rpn",
             reduction="mean" if stage == "roi" else "sum",
         )
+        if stage == "roi" and sparse.ECE.KEEP_BACKGROUND_IOU > 0:
+            options["ece_keep_background_iou"] = float(sparse.ECE.KEEP_BACKGROUND_IOU)
         if stage == "roi" and sparse.ECE.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
             from sparse_ext.losses.fraction import fallback_annotated_fraction
 

@@ -17,6 +17,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_box_head
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
+from detectron2.structures.boxes import matched_pairwise_iou
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
@@ -54,6 +55,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         focal_options: Optional[Dict[str, Any]] = None,
         bde_options: Optional[Dict[str, Any]] = None,
         ece_budget_fraction: Optional[float] = None,
+        ece_keep_background_iou: Optional[float] = None,
         max_iter: int = 0,
         **kwargs,
     ):
@@ -67,6 +69,10 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
             ece_budget_fraction: the annotated fraction f with which ``ece`` bounds its
                 exclusions by pi_u estimated per batch (:meth:`SparseROIHeads._sample_proposals`
                 counts the candidates); None: the module's own budget.
+            ece_keep_background_iou: ``ece`` keeps the background term of the unannotated
+                proposals whose IoU with their best-matching annotation reaches this (below the
+                foreground threshold: badly placed boxes on labelled objects, not missing
+                labels); None: every unannotated proposal may be excluded (the paper).
             max_iter: SOLVER.MAX_ITER, the denominator of training progress.
             kwargs: FastRCNNOutputLayers' arguments.
         """
@@ -89,6 +95,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.focal_options = dict(focal_options or {"alpha": 0.25, "gamma": 2.0})
         self.bde_options = dict(bde_options or {})
         self.ece_budget_fraction = ece_budget_fraction
+        self.ece_keep_background_iou = ece_keep_background_iou
         self.max_iter = int(max_iter)
         self._progress: Optional[float] = None
 
@@ -124,7 +131,12 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         elif self.loss_name == "focal":
             loss_cls = self._focal_loss(scores, gt_classes)
         elif self.loss_name == "ece":
-            loss_cls = self._ece_loss(scores, gt_classes, self._estimated_budget(proposals))
+            loss_cls = self._ece_loss(
+                scores,
+                gt_classes,
+                self._estimated_budget(proposals),
+                self._kept_background(proposals, gt_classes),
+            )
         elif self.loss_name == "nnpu":
             loss_cls = nnpu_loss(
                 scores, gt_classes, background_index=self.num_classes, **self.pu_options
@@ -168,15 +180,47 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         log_scalar("fast_rcnn/ece_budget", budget)
         return budget
 
+    def _kept_background(
+        self, proposals: List[Instances], gt_classes: torch.Tensor
+    ) -> Optional[torch.Tensor]:
+        """The unannotated proposals that keep their background term (None unless
+        ``ece_keep_background_iou``): IoU with the annotation Detectron2 matched them to (their
+        best one) at least ``ece_keep_background_iou``; images without annotations have none."""
+        if self.ece_keep_background_iou is None:
+            return None
+        overlap = [
+            matched_pairwise_iou(p.proposal_boxes, p.gt_boxes)
+            if p.has("gt_boxes")
+            else torch.zeros(len(p), device=gt_classes.device)
+            for p in proposals
+        ]
+        kept = (gt_classes == self.num_classes) & (cat(overlap) >= self.ece_keep_background_iou)
+        log_scalar("fast_rcnn/ece_kept_background", kept.float().mean().item())
+        return kept
+
     def _ece_loss(
-        self, scores: torch.Tensor, gt_classes: torch.Tensor, budget: Optional[float] = None
+        self,
+        scores: torch.Tensor,
+        gt_classes: torch.Tensor,
+        budget: Optional[float] = None,
+        kept_background: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         self.ece_loss.set_progress(self.progress)
         # sparse_ext puts the background first, Detectron2 last: rotate classes by one.
         bg = self.num_classes
         logits = torch.cat([scores[:, bg:], scores[:, :bg]], dim=1)
         target = torch.remainder(gt_classes + 1, bg + 1)
-        return self.ece_loss(logits, target, exclusion_budget=budget)
+        if kept_background is None:
+            return self.ece_loss(logits, target, exclusion_budget=budget)
+        if budget is not None:
+            # pi_u is a share of all unannotated proposals, and the kept ones hold no object:
+            # the same number of exclusions, as a share of those that may be excluded.
+            unannotated = int((target == 0).sum())
+            free = unannotated - int(kept_background.sum())
+            budget = min(1.0, budget * unannotated / free) if free else 0.0
+        return self.ece_loss(
+            logits, target, (target != 0) | kept_background, exclusion_budget=budget
+        )
 
     def _bde_loss(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances], gt_classes
