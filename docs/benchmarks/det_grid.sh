@@ -53,6 +53,7 @@ if [[ $which == hela || $which == all ]]; then
   # the estimated bound with the proposals on annotations kept as background
   # (MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU 0.1)
   for s in 0 1 2 3; do bench hela 1/patch ece_keep_bg "$s"; done
+  for s in 0 1 2; do bench_jitter hela "$fractions" ece_keep_bg "$s"; done
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against ECE as published, then the others
@@ -69,7 +70,6 @@ if [[ $which == hgsc || $which == all ]]; then
   for s in 3 4; do bench hgsc 10 ce,ece_budget_est "$s"; bench_jitter hgsc 10 ce,ece_budget_est "$s"; done
   # BDE, the best on HeLa, with multi-scale training on the H&E tiles
   for s in 0 1 2 3 4; do bench_jitter hgsc 10 bde "$s"; done
-  for s in 3; do bench_jitter hgsc 10 ece "$s"; done
   # the estimated bound with the proposals on annotations kept as background
   for s in 0 1 2 3; do bench hgsc 10 ece_keep_bg "$s"; done
 fi
