@@ -748,3 +748,18 @@ def test_module_exclusion_budget_is_validated_and_shown():
         ExclusiveCrossEntropy(confidence="margin")(x, y, exclusion_budget=0.1)
     module = ExclusiveCrossEntropy(exclusion_budget=0.05)
     assert "exclusion_budget=0.05" in repr(pickle.loads(pickle.dumps(module)))
+
+
+def test_budget_among_excludable_keeps_the_number_of_exclusions():
+    from sparse_ext.losses import budget_among_excludable
+
+    # 12 unannotated, budget 0.25: 3 exclusions; 4 kept leave 8 excludable, 3 / 8 of them
+    assert budget_among_excludable(0.25, 12, 4) == pytest.approx(3 / 8)
+    assert budget_among_excludable(0.25, 12, 0) == pytest.approx(0.25)
+    assert budget_among_excludable(0.9, 10, 5) == 1.0  # more objects than excludable elements
+    assert budget_among_excludable(0.5, 6, 6) == 0.0  # nothing may be excluded
+    assert budget_among_excludable(0.5, 0, 0) == 0.0
+    with pytest.raises(ValueError, match="kept must be in"):
+        budget_among_excludable(0.5, 3, 4)
+    with pytest.raises(ValueError, match="budget"):
+        budget_among_excludable(1.5, 3, 1)

@@ -23,7 +23,12 @@ from torch import nn
 
 from sparse_ext.detectron2.config import check_loss_name, sparse_loss_options
 from sparse_ext.detectron2.hooks import log_pu_prior, log_scalar, storage_progress
-from sparse_ext.losses import bde_weights, estimated_unlabeled_prior, nnpu_loss
+from sparse_ext.losses import (
+    bde_weights,
+    budget_among_excludable,
+    estimated_unlabeled_prior,
+    nnpu_loss,
+)
 
 __all__ = ["SparseFastRCNNOutputLayers", "SparseROIHeads"]
 
@@ -212,12 +217,11 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         target = torch.remainder(gt_classes + 1, bg + 1)
         if kept_background is None:
             return self.ece_loss(logits, target, exclusion_budget=budget)
-        if budget is not None:
-            # pi_u is a share of all unannotated proposals, and the kept ones hold no object:
-            # the same number of exclusions, as a share of those that may be excluded.
-            unannotated = int((target == 0).sum())
-            free = unannotated - int(kept_background.sum())
-            budget = min(1.0, budget * unannotated / free) if free else 0.0
+        budget = self.ece_loss.exclusion_budget if budget is None else budget
+        if budget is not None:  # per batch or the module's own: the same rescaling
+            budget = budget_among_excludable(
+                budget, int((target == 0).sum()), int(kept_background.sum())
+            )
         return self.ece_loss(
             logits, target, (target != 0) | kept_background, exclusion_budget=budget
         )

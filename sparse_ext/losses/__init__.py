@@ -11,6 +11,7 @@ from sparse_ext.losses.exclusive_cross_entropy import (
     ExclusiveCrossEntropy,
     background_keep_prob,
     beyond_exclusion_budget,
+    budget_among_excludable,
     exclusive_cross_entropy,
 )
 from sparse_ext.losses.label_super_resolution import (
@@ -55,6 +56,7 @@ __all__ = [
     "SigmoidSchedule",
     "background_keep_prob",
     "beyond_exclusion_budget",
+    "budget_among_excludable",
     "build_schedule",
     "exclusive_cross_entropy",
     "LabelSuperResolutionLoss",

@@ -44,6 +44,7 @@ __all__ = [
     "KEEP_MARGIN",
     "background_keep_prob",
     "beyond_exclusion_budget",
+    "budget_among_excludable",
     "REDUCTIONS",
     "ExclusiveCrossEntropy",
     "exclusive_cross_entropy",
@@ -537,6 +538,20 @@ def beyond_exclusion_budget(
         beyond = candidate.clone().flatten()
         beyond[scores.topk(k).indices] = False
         return beyond.view_as(candidate)
+
+
+def budget_among_excludable(budget: float, unannotated: int, kept: int) -> float:
+    """The exclusion budget as a share of the unannotated elements that may be excluded, when
+    ``kept`` of the ``unannotated`` ones keep their background term whatever their confidence
+    (e.g. proposals on an annotated object): budget * unannotated / (unannotated - kept), at most
+    1, so that :func:`beyond_exclusion_budget` allows the same number of exclusions; 0 when
+    nothing may be excluded. The budget estimates the share of objects among all unannotated
+    elements, and the kept ones hold none. Not in Panteli et al. (ICCV 2021)."""
+    budget = check_unit("budget", budget)
+    if not 0 <= kept <= unannotated:
+        raise ValueError(f"kept must be in [0, unannotated={unannotated}], got {kept}")
+    free = unannotated - kept
+    return min(1.0, budget * unannotated / free) if free else 0.0
 
 
 def _checked_budget(budget: float, confidence: str) -> float:
