@@ -824,14 +824,14 @@ def test_ece_keeps_the_background_of_proposals_on_annotations():
         features = model.backbone(model.preprocess_image(data).tensor)
         sampled = model.roi_heads.label_and_sample_proposals(proposals, gt)
         gt_classes = cat([p.gt_classes for p in sampled])
-        kept = predictor._kept_background(sampled, gt_classes)
+        predictions = roi_predictions(model, features, sampled)
+        kept = predictor._kept_background(predictions, sampled, gt_classes)
         boxes = cat([p.proposal_boxes.tensor for p in sampled])
         expected_kept = torch.zeros_like(kept)
         for third in thirds:
             expected_kept |= (boxes == torch.tensor(third)).all(dim=1)
         assert int(expected_kept.sum()) == 3
         assert torch.equal(kept, expected_kept)
-        predictions = roi_predictions(model, features, sampled)
         losses = predictor.losses(predictions, sampled)
         assert get_event_storage().latest()["fast_rcnn/ece_kept_background"][0] == pytest.approx(
             3 / len(gt_classes)
@@ -854,3 +854,60 @@ def test_ece_keeps_the_background_of_proposals_on_annotations():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match=r"KEEP_BACKGROUND_IOU = .*: must be in \[0, 1\)"):
             validate_sparse_config(tiny_cfg("ece", **{"MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU": bad}))
+
+
+def test_ece_keeps_the_background_of_proposals_on_part_of_a_detection():
+    """MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE: the regressed boxes of confident unannotated
+    proposals (NMS at ROI_HEADS.NMS_THRESH_TEST) stand in for annotations in the
+    KEEP_BACKGROUND_IOU rule: a proposal on a third of one keeps its background term, the
+    detection itself and its near duplicate (IoU >= the foreground threshold) may be excluded."""
+    opts = {
+        "MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU": 0.2,
+        "MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE": 0.6,
+        "MODEL.SPARSE.ANNOTATED_FRACTION": 0.5,
+        "MODEL.SPARSE.ECE.SCHEDULE.VALUE": 0.3,
+    }
+    model = build(tiny_cfg("ece", **opts))
+    predictor = model.roi_heads.box_predictor
+    assert (predictor.ece_keep_background_score, predictor.ece_foreground_iou) == (0.6, 0.5)
+    # an unannotated image: a detection D (fg score 0.9), its 1 px shift (0.8, suppressed by
+    # NMS, IoU 0.88 with D: not kept), D's left third (0.5 < 0.6: not a pseudo-annotation; IoU
+    # 1/3 with D: kept), a box overlapping D at IoU 1/9 (below 0.2: not kept) and a far box
+    # scored 0.7 whose own box is the only pseudo-annotation near it (IoU 1: not kept)
+    boxes = torch.tensor(
+        [
+            [20.0, 20.0, 50.0, 50.0],
+            [21.0, 21.0, 51.0, 51.0],
+            [20.0, 20.0, 30.0, 50.0],
+            [44.0, 20.0, 74.0, 50.0],
+            [70.0, 70.0, 90.0, 90.0],
+        ]
+    )
+    fg = torch.tensor([0.9, 0.8, 0.5, 0.3, 0.7])
+    scores = torch.stack([torch.logit(fg), torch.zeros(5)], dim=1)  # softmax fg prob = fg
+    deltas = torch.zeros(5, 4 * predictor.num_classes)  # regressed boxes = the proposals
+    inst = Instances((SIZE, SIZE))
+    inst.proposal_boxes = Boxes(boxes)
+    inst.gt_classes = torch.ones(5, dtype=torch.long)  # all unannotated
+    with EventStorage(0):
+        kept = predictor._kept_background((scores, deltas), [inst], inst.gt_classes)
+        assert kept.tolist() == [False, False, True, False, False]
+        # the fourth box's IoU with D is 6 * 30 / (2 * 900 - 180) = 1 / 9: at a 0.1 rule it is kept
+        predictor.ece_keep_background_iou = 0.1
+        kept = predictor._kept_background((scores, deltas), [inst], inst.gt_classes)
+        assert kept.tolist() == [False, False, True, True, False]
+        # no confident proposal: nothing beyond the annotations' rule (none here)
+        predictor.ece_keep_background_score = 0.95
+        kept = predictor._kept_background((scores, deltas), [inst], inst.gt_classes)
+        assert not kept.any()
+    model = build(tiny_cfg("ece", **opts))
+    history, _ = train_steps(model, batch("mixed"), steps=2)
+    assert all(torch.isfinite(v) for losses in history for v in losses.values()), history
+
+    with pytest.raises(ValueError, match="KEEP_BACKGROUND_SCORE = 0.5 applies the"):
+        validate_sparse_config(tiny_cfg("ece", **{"MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE": 0.5}))
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"KEEP_BACKGROUND_SCORE = .*: must be in \[0, 1\)"):
+            validate_sparse_config(
+                tiny_cfg("ece", **{**opts, "MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE": bad})
+            )

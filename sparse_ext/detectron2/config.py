@@ -80,6 +80,12 @@ def add_sparse_config(cfg: CN) -> None:
     # badly placed box on a labelled object, not a missing label (Fast R-CNN's background
     # range [0.1, 0.5)). 0 = off: every unannotated proposal may be excluded, as in the paper.
     _C.MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU = 0.0
+    # ROI head, with KEEP_BACKGROUND_IOU: the same rule around the unannotated objects the model
+    # already detects. The regressed boxes of this iteration's unannotated proposals whose
+    # foreground score reaches this (after NMS at ROI_HEADS.NMS_THRESH_TEST) stand in for the
+    # missing annotations, so a proposal covering part of a detected object stays background
+    # instead of being excluded. 0 = off: only the annotations count.
+    _C.MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE = 0.0
 
     # Non-negative PU risk (Zhao, Pang et al., MICCAI 2021, Eq. 9-12), sparse_ext.losses.
     _C.MODEL.SPARSE.PU = CN()
@@ -298,6 +304,20 @@ def validate_sparse_config(cfg: CN) -> None:
         hi_open=True,
         what="an IoU with an annotation; 0: off",
     )
+    _check_number(
+        errors,
+        "MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE",
+        ece.KEEP_BACKGROUND_SCORE,
+        0.0,
+        1.0,
+        hi_open=True,
+        what="a foreground score; 0: off",
+    )
+    if ece.KEEP_BACKGROUND_SCORE > 0 and not ece.KEEP_BACKGROUND_IOU > 0:
+        errors.append(
+            f"MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE = {ece.KEEP_BACKGROUND_SCORE!r} applies the "
+            "KEEP_BACKGROUND_IOU rule around detections: set KEEP_BACKGROUND_IOU > 0 too"
+        )
     # where a bound acts: the ROI head's ECE, the RPN's unless the budget is the ROI-only -2
     ece_heads = {k for k in ("ROI_LOSS", "RPN_LOSS") if str(sparse[k]).lower() == "ece"}
     if ece.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
@@ -538,6 +558,9 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
         )
         if stage == "roi" and sparse.ECE.KEEP_BACKGROUND_IOU > 0:
             options["ece_keep_background_iou"] = float(sparse.ECE.KEEP_BACKGROUND_IOU)
+            if sparse.ECE.KEEP_BACKGROUND_SCORE > 0:
+                options["ece_keep_background_score"] = float(sparse.ECE.KEEP_BACKGROUND_SCORE)
+                options["ece_foreground_iou"] = float(cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[-1])
         if stage == "roi" and sparse.ECE.EXCLUSION_BUDGET == ESTIMATED_BUDGET:
             from sparse_ext.losses.fraction import fallback_annotated_fraction
 

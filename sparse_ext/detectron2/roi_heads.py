@@ -7,16 +7,16 @@ unannotated samples of the sparse losses. Box regression is Detectron2's, unchan
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_box_head
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.structures.boxes import matched_pairwise_iou
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
@@ -61,6 +61,8 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         bde_options: Optional[Dict[str, Any]] = None,
         ece_budget_fraction: Optional[float] = None,
         ece_keep_background_iou: Optional[float] = None,
+        ece_keep_background_score: Optional[float] = None,
+        ece_foreground_iou: float = 0.5,
         max_iter: int = 0,
         **kwargs,
     ):
@@ -78,6 +80,11 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
                 proposals whose IoU with their best-matching annotation reaches this (below the
                 foreground threshold: badly placed boxes on labelled objects, not missing
                 labels); None: every unannotated proposal may be excluded (the paper).
+            ece_keep_background_score: with ``ece_keep_background_iou``, the rule also holds
+                around pseudo-annotations: the regressed boxes of the unannotated proposals
+                whose foreground score reaches this (NMS at ``test_nms_thresh``), for the
+                proposals whose IoU with one stays below ``ece_foreground_iou``.
+            ece_foreground_iou: the ROI head's foreground IoU threshold.
             max_iter: SOLVER.MAX_ITER, the denominator of training progress.
             kwargs: FastRCNNOutputLayers' arguments.
         """
@@ -101,6 +108,10 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.bde_options = dict(bde_options or {})
         self.ece_budget_fraction = ece_budget_fraction
         self.ece_keep_background_iou = ece_keep_background_iou
+        if ece_keep_background_score is not None and ece_keep_background_iou is None:
+            raise ValueError("ece_keep_background_score needs ece_keep_background_iou")
+        self.ece_keep_background_score = ece_keep_background_score
+        self.ece_foreground_iou = float(ece_foreground_iou)
         self.max_iter = int(max_iter)
         self._progress: Optional[float] = None
 
@@ -140,7 +151,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
                 scores,
                 gt_classes,
                 self._estimated_budget(proposals),
-                self._kept_background(proposals, gt_classes),
+                self._kept_background(predictions, proposals, gt_classes),
             )
         elif self.loss_name == "nnpu":
             loss_cls = nnpu_loss(
@@ -186,11 +197,16 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         return budget
 
     def _kept_background(
-        self, proposals: List[Instances], gt_classes: torch.Tensor
+        self,
+        predictions: Tuple[torch.Tensor, torch.Tensor],
+        proposals: List[Instances],
+        gt_classes: torch.Tensor,
     ) -> Optional[torch.Tensor]:
         """The unannotated proposals that keep their background term (None unless
         ``ece_keep_background_iou``): IoU with the annotation Detectron2 matched them to (their
-        best one) at least ``ece_keep_background_iou``; images without annotations have none."""
+        best one) at least ``ece_keep_background_iou``; images without annotations have none.
+        With ``ece_keep_background_score`` also those near a pseudo-annotation
+        (:meth:`_near_detections`)."""
         if self.ece_keep_background_iou is None:
             return None
         overlap = [
@@ -199,9 +215,59 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
             else torch.zeros(len(p), device=gt_classes.device)
             for p in proposals
         ]
-        kept = (gt_classes == self.num_classes) & (cat(overlap) >= self.ece_keep_background_iou)
+        kept = cat(overlap) >= self.ece_keep_background_iou
+        if self.ece_keep_background_score is not None:
+            kept |= self._near_detections(predictions, proposals)
+        kept &= gt_classes == self.num_classes
         log_scalar("fast_rcnn/ece_kept_background", kept.float().mean().item())
         return kept
+
+    def _near_detections(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> torch.Tensor:
+        """Per proposal: is its best IoU with a pseudo-annotation of its image in
+        [``ece_keep_background_iou``, ``ece_foreground_iou``)? The pseudo-annotations are the
+        regressed boxes of the image's unannotated proposals whose foreground score reaches
+        ``ece_keep_background_score``, after class-wise NMS at ``test_nms_thresh`` (as
+        Detectron2's inference keeps detections): a proposal on part of an object the model
+        detects is a background sample of Fast R-CNN's rule (Girshick, ICCV 2015), not a
+        missing label."""
+        near = []
+        for boxes, fg_score, fg_class, props in self._best_class_boxes(predictions, proposals):
+            confident = (props.gt_classes == self.num_classes) & (
+                fg_score >= self.ece_keep_background_score
+            )
+            best = torch.zeros(len(props), device=fg_score.device)
+            if confident.any():
+                keep = batched_nms(
+                    boxes[confident],
+                    fg_score[confident],
+                    fg_class[confident],
+                    self.test_nms_thresh,
+                )
+                pseudo = Boxes(boxes[confident][keep])
+                best = pairwise_iou(props.proposal_boxes, pseudo).max(dim=1).values
+            near.append((best >= self.ece_keep_background_iou) & (best < self.ece_foreground_iou))
+        return cat(near) if near else torch.zeros(0, dtype=torch.bool)
+
+    def _best_class_boxes(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
+    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Instances]]:
+        """Per image, from this iteration's detached predictions: each proposal's regressed box
+        for its best foreground class, that class's score and index, and the image's
+        proposals."""
+        scores, deltas = predictions
+        detached = (scores.detach(), deltas.detach())
+        for boxes, probs, props in zip(
+            self.predict_boxes(detached, proposals),
+            self.predict_probs(detached, proposals),
+            proposals,
+        ):
+            n = len(props)
+            fg_score, fg_class = probs[:, : self.num_classes].max(dim=1)
+            if boxes.shape[1] > 4:  # class-specific regression: the best class's box
+                boxes = boxes.view(n, -1, 4)[torch.arange(n, device=boxes.device), fg_class]
+            yield boxes, fg_score, fg_class, props
 
     def _ece_loss(
         self,
@@ -229,21 +295,13 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
     def _bde_loss(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances], gt_classes
     ) -> torch.Tensor:
-        scores, deltas = predictions
-        detached = (scores.detach(), deltas.detach())
+        scores, _ = predictions
         weights = torch.ones_like(scores[:, 0], dtype=torch.float32)
         start = 0
-        for boxes, probs, props in zip(
-            self.predict_boxes(detached, proposals),
-            self.predict_probs(detached, proposals),
-            proposals,
-        ):
+        for boxes, fg_score, _, props in self._best_class_boxes(predictions, proposals):
             n = len(props)
             unannotated = props.gt_classes == self.num_classes
             if unannotated.any():
-                fg_score, fg_class = probs[:, : self.num_classes].max(dim=1)
-                if boxes.shape[1] > 4:  # class-specific regression: the best class's box
-                    boxes = boxes.view(n, -1, 4)[torch.arange(n, device=boxes.device), fg_class]
                 w = bde_weights(
                     props.proposal_boxes.tensor[unannotated],
                     boxes,
