@@ -709,12 +709,20 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     lines = tool.checks(rows)
     nnpu = next(x for x in lines if x.startswith("| nnpu_val | 10% |"))
     # F1 mean (0.7 + 0.9) / 2 = 0.8 against CE's 0.5
-    assert "0.800 ± 0.100 (2)" in nnpu and nnpu.endswith("| +0.300 | +0.300 | +0.300 |")
+    assert "0.800 ± 0.100 (2)" in nnpu and nnpu.endswith("| +0.300 " * 5 + "|")
     assert any("validation chose pi = 0.04, 0.03" in x for x in lines)
+    assert lines[0].endswith("| F1 - CE | recall - CE | precision - CE | F1@val - CE | AP - CE |")
     # differences to CE pair the seeds: a method without seed 1 is compared with CE's seed 0
     lines = tool.checks([*rows, row("ce", 2, 0.5, 0.9), row("bde", 0, 0.5, 0.7)])
     bde = next(x for x in lines if x.startswith("| bde | 10% |"))
-    assert bde.endswith("| +0.300 | +0.300 | +0.300 |")  # 0.7 - 0.4, not 0.7 - mean(CE) 0.633
+    assert bde.endswith("| +0.300 " * 5 + "|")  # 0.7 - 0.4, not 0.7 - mean(CE) 0.633
+    # another baseline, on the seeds both ran: bde's seed 0 against nnpu_val's (0.7)
+    lines = tool.checks([*rows, row("bde", 0, 0.5, 0.7)], baseline="nnpu_val")
+    assert lines[0].endswith("| AP - nnpu_val |")
+    bde = next(x for x in lines if x.startswith("| bde | 10% |"))
+    assert bde.endswith("| +0.000 " * 5 + "|")
+    ce = next(x for x in lines if x.startswith("| ce | 10% |"))
+    assert ce.endswith("| -0.300 " * 5 + "|")  # (0.4 - 0.7 + 0.6 - 0.9) / 2
 
 
 def test_derived_data_is_kept_per_dataset(tmp_path):

@@ -8,6 +8,11 @@ the positives, and a sparse validation set's annotations are a random subset of 
 the exhaustive validation split gives the same criterion in expectation, with less noise::
 
     .venv/bin/python tools/det_recipe_checks.py docs/benchmarks/det_hela
+
+``--baseline METHOD`` compares with another method than CE on the seeds both ran, ``--seeds``
+keeps some seeds only::
+
+    .venv/bin/python tools/det_recipe_checks.py docs/benchmarks/det_hgsc --baseline ece_budget_est
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from sparse_ext.benchmark.results import (  # noqa: E402
 )
 
 METRICS = ("recall", "precision", "f1", "f1_valthr", "ap", "ap50")
+#: the metrics of issue 12's bar, compared with the baseline seed by seed
+PAIRED = ("f1", "recall", "precision", "f1_valthr", "ap")
+PAIRED_NAMES = {"f1": "F1", "f1_valthr": "F1@val", "ap": "AP"}
 FIXED_PRIORS = tuple(f"nnpu_pi{p:02d}" for p in range(2, 7))
 METHODS = (
     "ce",
@@ -38,6 +46,7 @@ METHODS = (
     "ece_budget",
     "ece_budget_est",
     "ece_keep_bg",
+    "ece_keep_det",
     "ece_rho08",
     "ece_table2",
     "pu_classic",
@@ -74,19 +83,22 @@ def with_validation_prior(rows: Sequence[Mapping[str, str]]) -> List[Dict[str, s
     return out
 
 
-def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
+def checks(rows: Sequence[Mapping[str, str]], baseline: str = "ce") -> List[str]:
     """Markdown lines: per annotation level, each method's metrics (mean ± std, seeds) and its
-    F1@0.5 / recall / precision differences to CE on the seeds both ran
+    differences to ``baseline`` in the metrics of the bar (F1@0.5, recall, precision, F1 at the
+    validation threshold, AP), on the seeds both ran
     (:func:`sparse_ext.benchmark.results.paired_differences`)."""
     rows = with_validation_prior(rows)
     stats = {m: summarise(rows, m) for m in METRICS}
-    to_ce = {m: paired_differences(rows, m) for m in ("f1", "recall", "precision")}
+    to_base = {m: paired_differences(rows, m, baseline) for m in PAIRED}
     chosen = defaultdict(list)
     for r in rows:
         if r["loss"] == "nnpu_val":
             chosen[int(r["fraction"])].append(r["chosen"].replace("nnpu_pi", "0."))
     fractions = sorted({f for by_frac in stats["f1"].values() for f in by_frac})
-    head = ["method", "annotated", *METRICS, "F1 - CE", "recall - CE", "precision - CE"]
+    base = "CE" if baseline == "ce" else baseline
+    head = ["method", "annotated", *METRICS]
+    head += [f"{PAIRED_NAMES.get(m, m)} - {base}" for m in PAIRED]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fraction in fractions:
         for method in METHODS:
@@ -96,8 +108,8 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
             for m in METRICS:
                 cell = stats[m].get(method, {}).get(fraction)
                 cells.append("-" if cell is None else f"{cell[0]:.3f} ± {cell[1]:.3f} ({cell[2]})")
-            for m in ("f1", "recall", "precision"):
-                diff = to_ce[m].get(method, {}).get(fraction)
+            for m in PAIRED:
+                diff = to_base[m].get(method, {}).get(fraction)
                 cells.append("-" if diff is None else f"{diff:+.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     notes = [
@@ -111,11 +123,18 @@ def checks(rows: Sequence[Mapping[str, str]]) -> List[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", help="folders holding a det.csv")
+    parser.add_argument("--baseline", default="ce", help="the method compared with (default ce)")
+    parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
     args = parser.parse_args(argv)
+    seeds = None if args.seeds is None else {s.strip() for s in args.seeds.split(",")}
     for folder in args.dirs:
         rows = ResultsTable(os.path.join(folder, "det.csv"), "det").ok_rows()
+        if seeds is not None:
+            rows = [r for r in rows if str(r["seed"]) in seeds]
+        if not any(r["loss"] == args.baseline for r in rows):
+            parser.error(f"--baseline {args.baseline!r}: no finished run in {folder}")
         print(f"## {folder}\n")
-        print("\n".join(checks(rows)) + "\n")
+        print("\n".join(checks(rows, args.baseline)) + "\n")
     return 0
 
 
