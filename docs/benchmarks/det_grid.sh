@@ -54,6 +54,9 @@ if [[ $which == hela || $which == all ]]; then
   # (MODEL.SPARSE.ECE.KEEP_BACKGROUND_IOU 0.1)
   for s in 0 1 2 3; do bench hela 1/patch ece_keep_bg "$s"; done
   for s in 0 1 2; do bench_jitter hela "$fractions" ece_keep_bg "$s"; done
+  # ... and around the model's confident detections of unannotated nuclei
+  # (MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE 0.5), with multi-scale training
+  for s in 0 1 2 3 4; do bench_jitter hela "$fractions" ece_keep_det "$s"; done
 fi
 if [[ $which == hgsc || $which == all ]]; then
   # the second dataset: CE (100 % and 10 %) against ECE as published, then the others
@@ -71,5 +74,8 @@ if [[ $which == hgsc || $which == all ]]; then
   # BDE, the best on HeLa, with multi-scale training on the H&E tiles
   for s in 0 1 2 3 4; do bench_jitter hgsc 10 bde "$s"; done
   # the estimated bound with the proposals on annotations kept as background
-  for s in 0 1 2 3; do bench hgsc 10 ece_keep_bg "$s"; done
+  for s in 0 1 2 3 4; do bench hgsc 10 ece_keep_bg "$s"; done
+  # ... and around the model's confident detections of unannotated nuclei
+  for s in 0 1 2 3 4; do bench hgsc 10 ece_keep_det "$s"; done
+  for s in 0 1 2; do bench_jitter hgsc 10 ece_keep_det "$s"; done
 fi
