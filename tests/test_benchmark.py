@@ -815,3 +815,9 @@ def test_det_false_positives_sorts_each_unmatched_detection_by_its_best_overlap(
     # no annotation: everything isolated
     counts = tool.classify(np.array([0.9]), np.zeros((1, 0)), areas[:1], np.zeros(0))
     assert (counts["isolated"], sum(counts.values())) == (1, 1)
+    # a method's runs pooled: counts summed, then precision and fragments per true positive
+    from collections import Counter
+
+    runs = [Counter(tp=3, fragment=3, isolated=1), Counter(tp=1, fragment=2, duplicate=1)]
+    row = tool.table_row("ece (2 runs)", sum(runs, Counter()))
+    assert row == "| ece (2 runs) | 4 | 1 | 5 | 0 | 1 | 0.364 | 1.25 |"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -88,6 +89,16 @@ def run_counts(work_dir: str, coco: Dict, images: str, threshold: float) -> Coun
     return total
 
 
+def table_row(name: str, counts: Counter) -> str:
+    """A markdown row: the counts of each kind, the precision and the fragments per true
+    positive (a method's runs pooled: ``counts`` summed over them)."""
+    n = sum(counts[k] for k in KINDS)
+    precision = counts["tp"] / n if n else float("nan")
+    per_tp = counts["fragment"] / counts["tp"] if counts["tp"] else float("nan")
+    cells = " | ".join(str(counts[k]) for k in KINDS)
+    return f"| {name} | {cells} | {precision:.3f} | {per_tp:.2f} |"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dirs", nargs="+", help="benchmark run folders")
@@ -101,15 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = os.path.join(args.data, "images", args.split)
     print("| run | " + " | ".join(KINDS) + " | precision | fragments per tp |")
     print("|---" * (len(KINDS) + 3) + "|")
+    pooled: Dict[str, List[Counter]] = defaultdict(list)
     for wd in args.work_dirs:
-        c = run_counts(wd, coco, images, args.threshold)
-        n = sum(c.values())
-        precision = c["tp"] / n if n else float("nan")
-        per_tp = c["fragment"] / c["tp"] if c["tp"] else float("nan")
-        cells = " | ".join(str(c[k]) for k in KINDS)
-        print(
-            f"| {os.path.basename(os.path.normpath(wd))} | {cells} | {precision:.3f} | {per_tp:.2f} |"
-        )
+        name = os.path.basename(os.path.normpath(wd))
+        counts = run_counts(wd, coco, images, args.threshold)
+        pooled[re.sub(r"_s\d+$", "", name)].append(counts)
+        print(table_row(name, counts))
+    for method, runs in pooled.items():
+        if len(runs) > 1:
+            print(table_row(f"{method} ({len(runs)} runs)", sum(runs, Counter())))
     return 0
 
 

@@ -248,7 +248,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
                 pseudo = Boxes(boxes[confident][keep])
                 best = pairwise_iou(props.proposal_boxes, pseudo).max(dim=1).values
             near.append((best >= self.ece_keep_background_iou) & (best < self.ece_foreground_iou))
-        return cat(near) if near else torch.zeros(0, dtype=torch.bool)
+        return cat(near)
 
     def _best_class_boxes(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]
