@@ -723,6 +723,10 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     assert bde.endswith("| +0.000 " * 5 + "|")
     ce = next(x for x in lines if x.startswith("| ce | 10% |"))
     assert ce.endswith("| -0.300 " * 5 + "|")  # (0.4 - 0.7 + 0.6 - 0.9) / 2
+    # a method the tool does not list is not dropped: it comes after the listed ones
+    lines = tool.checks([*rows, row("zz_new", 0, 0.5, 0.7), row("bde", 0, 0.5, 0.7)])
+    names = [x.split(" | ")[0][2:] for x in lines[2:] if x.startswith("| ")]
+    assert names[-1] == "zz_new" and names.index("bde") < names.index("nnpu_val")
 
 
 def test_derived_data_is_kept_per_dataset(tmp_path):
@@ -821,3 +825,50 @@ def test_det_false_positives_sorts_each_unmatched_detection_by_its_best_overlap(
     runs = [Counter(tp=3, fragment=3, isolated=1), Counter(tp=1, fragment=2, duplicate=1)]
     row = tool.table_row("ece (2 runs)", sum(runs, Counter()))
     assert row == "| ece (2 runs) | 4 | 1 | 5 | 0 | 1 | 0.364 | 1.25 |"
+
+
+def test_det_score_floor_reads_the_recorded_run_and_keeps_only_unbound_runs_without_weights(
+    tmp_path, capsys
+):
+    tool = _load_tool("det_score_floor")
+    path = tmp_path / "det.csv"
+    fields = ["loss", "fraction", "seed", "status", "val_threshold", "f1_valthr"]
+    rows = [
+        ["ce", "0", "1", "ok", "0.05", "0.70"],
+        ["ce", "10", "1", "failed", "", ""],
+        ["ce", "10", "1", "ok", "0.2", "0.75"],
+    ]
+    path.write_text("\n".join(",".join(r) for r in [fields, *rows]) + "\n")
+    assert tool.recorded(str(path), "work/ce_f010_s1/") == (0.2, 0.75)
+    assert tool.recorded(str(path), "ce_f000_s1") == (0.05, 0.70)
+    with pytest.raises(ValueError, match="no finished row of ce_f030_s1"):
+        tool.recorded(str(path), "ce_f030_s1")
+    with pytest.raises(ValueError, match="not a benchmark run folder"):
+        tool.recorded(str(path), "somewhere")
+    # folders without weights: 10 % (threshold 0.2, above the floor) keeps its recorded F1, one
+    # annotation per patch (at the floor) is left out of the means
+    tool.main(["--data", "x", "--csv", str(path), str(tmp_path / "ce_f010_s1")])
+    tool.main(["--data", "x", "--csv", str(path), str(tmp_path / "ce_f000_s1")])
+    out = capsys.readouterr().out
+    assert "| ce_f010_s1 | 0.2 | 0.750 | recorded | recorded |" in out
+    assert "| ce_f010 | 1 | 0.750 ± 0.000 | 0.750 ± 0.000 | +0.000 |" in out
+    assert "| ce_f000_s1 | 0.05 | 0.700 | no weights | left out |" in out
+    assert "| ce_f000 |" not in out
+    with pytest.raises(SystemExit):
+        tool.main(["--data", "x", "--csv", str(path), "--floor", "0.05", "ce_f010_s1"])
+    assert "must be in (0, 0.05)" in capsys.readouterr().err
+
+
+def test_det_false_positives_missed_counts_annotations_reached_at_iou_half():
+    from collections import Counter
+
+    import numpy as np
+
+    tool = _load_tool("det_false_positives")
+    # three boxes x four annotations: annotation 0 reached twice, 1 exactly at 0.5, 2 at 0.49, 3
+    # by none; the count is one-to-many (an upper bound of the recall)
+    iou = np.array([[0.9, 0.0, 0.49, 0.0], [0.7, 0.5, 0.0, 0.1], [0.0, 0.0, 0.2, 0.0]])
+    assert tool.reached(iou) == 2
+    assert tool.reached(np.zeros((0, 4))) == 0 and tool.reached(np.zeros((3, 0))) == 0
+    counts = Counter(annotations=8, proposal=6, box=7, scored=5, detection=4, above=1)
+    assert tool.stage_row("ce", counts) == "| ce | 8 | 0.750 | 0.875 | 0.625 | 0.500 | 0.125 |"

@@ -911,3 +911,67 @@ def test_ece_keeps_the_background_of_proposals_on_part_of_a_detection():
             validate_sparse_config(
                 tiny_cfg("ece", **{**opts, "MODEL.SPARSE.ECE.KEEP_BACKGROUND_SCORE": bad})
             )
+
+
+def test_det_false_positives_missed_follows_the_model_stage_by_stage(tmp_path):
+    """tools/det_false_positives.py --missed: the share of annotations each stage reaches. Its own
+    forward pass (proposals, regressed boxes, detections) must give the detections Detectron2's
+    predictor gives, and each stage can only lose annotations to the next."""
+    import importlib.util
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultPredictor
+    from detectron2.structures import pairwise_iou
+    from skimage import io
+
+    spec = importlib.util.spec_from_file_location(
+        "det_false_positives", os.path.join(REPO, "tools", "det_false_positives.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    boxes = [[10.0, 12.0, 40.0, 44.0], [55.0, 50.0, 80.0, 75.0], [20.0, 60.0, 34.0, 90.0]]
+    bgr = image(boxes, [0, 0, 0], seed=3)["image"].permute(1, 2, 0).numpy()  # the model's order
+    os.makedirs(tmp_path / "images" / "test")
+    io.imsave(tmp_path / "images" / "test" / "a.png", bgr[:, :, ::-1], check_contrast=False)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": SIZE, "width": SIZE}],
+        "annotations": [
+            {"id": i, "image_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": 1}
+            for i, (x0, y0, x1, y1) in enumerate(boxes)
+        ],
+    }
+    # a model after a few real steps, its weights and config saved; every anchor is a test
+    # proposal, so that the early stages reach the annotations
+    opts = {
+        "INPUT.MIN_SIZE_TEST": 0,
+        "MODEL.RPN.PRE_NMS_TOPK_TEST": 5000,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": 5000,
+        "MODEL.RPN.NMS_THRESH": 1.0,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.3,
+        "TEST.DETECTIONS_PER_IMAGE": 5000,
+    }
+    cfg = tiny_cfg("ece", **opts)
+    model = build(cfg)
+    train_steps(model, batch("mixed"), steps=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    DetectionCheckpointer(model, save_dir=str(run)).save("model_final")
+    (run / "config.yaml").write_text(cfg.dump())
+
+    cfg.MODEL.WEIGHTS = str(run / "model_final.pth")
+    out = DefaultPredictor(cfg)(bgr.copy())["instances"]
+    gt = Boxes(torch.tensor(boxes))
+    on_gt = pairwise_iou(out.pred_boxes, gt).max(dim=1).values >= 0.5
+    threshold = float(out.scores[on_gt].max()) - 1e-4  # the best detection on a nucleus passes
+
+    counts = tool.stage_counts(str(run), coco, str(tmp_path / "images" / "test"), threshold)
+    assert counts["annotations"] == 3
+    reach = [counts[k] for k in tool.STAGES]
+    # box -> scored -> detection -> above only filter (proposals are before regression)
+    assert 3 >= reach[1] >= reach[2] >= reach[3] >= reach[4] >= 1, counts
+    assert counts["proposal"] >= 1, counts
+    assert counts["detection"] == tool.reached(pairwise_iou(out.pred_boxes, gt).numpy())
+    above = out[out.scores > threshold]
+    assert counts["above"] == tool.reached(pairwise_iou(above.pred_boxes, gt).numpy())
+    assert tool.stage_row("x", counts).startswith("| x | 3 | ")

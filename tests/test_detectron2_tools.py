@@ -295,6 +295,44 @@ def test_train_net_trains_then_evaluates_only(tmp_path):
     assert metrics["tp"] + metrics["fn"] == 16  # every annotation of the exhaustive test file
     assert "copypaste: Task: bbox" in log and "copypaste: Task: sparse" in log
 
+    # tools/det_score_floor.py on the trained run, the exhaustive file as validation and test
+    # split: a lower floor only adds detections below 0.05, so every F1 at a threshold >= 0.05
+    # stays, and validation's choice (the test's best F1 here) can only rise
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "det_score_floor", os.path.join(REPO, "tools", "det_score_floor.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    data = tmp_path / "data"
+    for split in ("val", "test"):
+        os.makedirs(data / "annotations", exist_ok=True)
+        shutil.copy(full, data / "annotations" / f"{split}.json")
+        shutil.copytree(tmp_path / "images", data / "images" / split)
+    assert tool.thresholds_from(0.01) == [0.01, 0.02, 0.03, 0.04] + [
+        round(0.05 * i, 2) for i in range(1, 20)
+    ]
+    # every anchor a test proposal and no NMS cap, so that three iterations detect something
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(weights, run / "model_final.pth")
+    cfg = load_sparse_config(os.path.join(out, "config.yaml"))
+    for key in ("PRE_NMS_TOPK_TEST", "POST_NMS_TOPK_TEST"):
+        cfg.MODEL.RPN[key] = 5000
+    cfg.MODEL.RPN.NMS_THRESH, cfg.TEST.DETECTIONS_PER_IMAGE = 1.0, 5000
+    (run / "config.yaml").write_text(cfg.dump())
+    val, test = tool.rescore(str(run), str(data), 0.01)
+    val05, test05 = tool.rescore(str(run), str(data), 0.05)
+    assert set(test) >= {f"f1@{t:g}" for t in tool.thresholds_from(0.01)}
+    for t in tool.thresholds_from(0.05):
+        assert test[f"f1@{t:g}"] == test05[f"f1@{t:g}"], t
+    grid = [test[f"f1@{t:g}"] for t in tool.thresholds_from(0.01)]
+    assert max(grid) > 0
+    assert tool.at_val_threshold(val, test)[1] == max(grid)
+    assert tool.at_val_threshold(val, test)[1] >= tool.at_val_threshold(val05, test05)[1]
+
 
 def test_train_net_takes_a_model_zoo_config_of_the_installed_detectron2(tmp_path):
     """tools/train_net.py on Detectron2's own R50-FPN config file as the installed package ships it

@@ -47,6 +47,8 @@ METHODS = (
     "ece_budget_est",
     "ece_keep_bg",
     "ece_keep_det",
+    "ece_rpn_ece",
+    "ece_rpn_bde",
     "ece_rho08",
     "ece_table2",
     "pu_classic",
@@ -100,8 +102,9 @@ def checks(rows: Sequence[Mapping[str, str]], baseline: str = "ce") -> List[str]
     head = ["method", "annotated", *METRICS]
     head += [f"{PAIRED_NAMES.get(m, m)} - {base}" for m in PAIRED]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    methods = [*METHODS, *sorted(set(stats["f1"]) - set(METHODS))]  # none left out
     for fraction in fractions:
-        for method in METHODS:
+        for method in methods:
             if fraction not in stats["f1"].get(method, {}):
                 continue
             cells = [method, fraction_label(fraction)]
