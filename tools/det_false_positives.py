@@ -10,8 +10,9 @@ box (0.1-0.5, smaller or larger than that annotation), or isolated (< 0.1)::
 With ``--missed`` it prints where the test annotations are lost instead: the share of them that
 some box reaches at IoU >= 0.5 at each stage of the model (an RPN proposal; a proposal's regressed
 box at any score; one scored at least Detectron2's floor ``ROI_HEADS.SCORE_THRESH_TEST``; a
-detection, after that floor, NMS and the per-image cap; a detection scored above ``--threshold``). Each share bounds the recall of the
-stages after it: a loss in the ROI classifier cannot recall what no proposal reaches.
+detection, after that floor, NMS and the per-image cap; a detection scored above
+``--threshold``). Each share bounds the recall of the stages after it: a loss in the ROI
+classifier cannot recall what no proposal reaches.
 
 Each folder is a benchmark run's OUTPUT_DIR (its ``config.yaml`` and ``model_final.pth``).
 """
