@@ -827,6 +827,16 @@ def test_det_false_positives_sorts_each_unmatched_detection_by_its_best_overlap(
     assert row == "| ece (2 runs) | 4 | 1 | 5 | 0 | 1 | 0.364 | 1.25 |"
 
 
+def test_run_folder_names_round_trip():
+    from sparse_ext.benchmark.context import parse_run_folder, run_folder_name
+
+    assert run_folder_name("ece_rpn_ece", 10, 3) == "ece_rpn_ece_f010_s3"
+    assert parse_run_folder("work/det/hela/ece_rpn_ece_f010_s3/") == ("ece_rpn_ece", 10, 3)
+    assert parse_run_folder(run_folder_name("ce", 0, 12)) == ("ce", 0, 12)
+    with pytest.raises(ValueError, match="not a benchmark run folder"):
+        parse_run_folder("ce_f10_s3")
+
+
 def test_det_score_floor_reads_the_recorded_run_and_keeps_only_unbound_runs_without_weights(
     tmp_path, capsys
 ):

@@ -67,21 +67,29 @@ def reached(iou: np.ndarray) -> int:
     return int((iou >= 0.5).any(axis=0).sum()) if iou.size else 0
 
 
-def _predictor(work_dir: str):
-    """Detectron2's DefaultPredictor for the run in ``work_dir`` on the CPU."""
-    from detectron2.config import get_cfg
-    from detectron2.engine import DefaultPredictor
+def inference_config(work_dir: str):
+    """The config of the run in ``work_dir`` (its ``config.yaml``) with its ``model_final.pth``,
+    on the CPU."""
+    from sparse_ext.detectron2 import load_sparse_config
 
-    from sparse_ext.detectron2 import add_sparse_config
-
-    cfg = get_cfg()
-    add_sparse_config(cfg)
-    cfg.merge_from_file(os.path.join(work_dir, "config.yaml"))
+    cfg = load_sparse_config(os.path.join(work_dir, "config.yaml"))
     cfg.MODEL.WEIGHTS = os.path.join(work_dir, "model_final.pth")
     cfg.MODEL.DEVICE = "cpu"
     if not cfg.MODEL.SPARSE.ANNOTATED_FRACTION:  # some losses need f to be built; inference
         cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.5  # never reads it (the training data's is gone)
-    return DefaultPredictor(cfg)
+    return cfg
+
+
+def method_of(work_dir: str) -> str:
+    """The name a run's folder shares with the other seeds of its method and level."""
+    return re.sub(r"_s\d+$", "", os.path.basename(os.path.normpath(work_dir)))
+
+
+def _predictor(work_dir: str):
+    """Detectron2's DefaultPredictor for the run in ``work_dir`` on the CPU."""
+    from detectron2.engine import DefaultPredictor
+
+    return DefaultPredictor(inference_config(work_dir))
 
 
 def _test_images(coco: Dict, images: str):
@@ -205,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for wd in args.work_dirs:
         name = os.path.basename(os.path.normpath(wd))
         counts = count(wd, coco, images, args.threshold)
-        pooled[re.sub(r"_s\d+$", "", name)].append(counts)
+        pooled[method_of(wd)].append(counts)
         print(row(name, counts))
     for method, runs in pooled.items():
         if len(runs) > 1:

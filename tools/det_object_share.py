@@ -23,7 +23,6 @@ import copy
 import glob
 import json
 import os
-import re
 import sys
 from typing import Dict, Set
 
@@ -32,15 +31,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def _partial_file(run: str, data: str) -> str:
     """The run's training COCO file: its one-per-patch file, else the dataset's fraction file."""
+    from sparse_ext.benchmark.context import parse_run_folder
     from sparse_ext.benchmark.det import find_coco
 
     own = sorted(glob.glob(os.path.join(run, "train_one_per_patch*.json")))
     if own:
         return own[0]
-    m = re.search(r"_f(\d{3})_s\d+$", os.path.normpath(run))
-    if not m:
-        raise SystemExit(f"{run}: not a benchmark run folder (<loss>_f<NNN>_s<seed>)")
-    return find_coco(data, "train", int(m.group(1)))
+    try:
+        _, fraction, _ = parse_run_folder(run)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    return find_coco(data, "train", fraction)
 
 
 def measure(run: str, data: str, passes: int = 3) -> Dict[str, float]:

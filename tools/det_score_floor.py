@@ -23,7 +23,6 @@ import csv
 import io
 import logging
 import os
-import re
 import statistics
 import sys
 from collections import defaultdict
@@ -33,6 +32,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from det_false_positives import inference_config, method_of  # noqa: E402
 
 
 def thresholds_from(floor: float) -> List[float]:
@@ -49,7 +50,7 @@ def rescore(work_dir: str, data: str, floor: float) -> Tuple[Dict[str, float], D
     from detectron2.data import DatasetCatalog
     from train_net import Trainer
 
-    from sparse_ext.detectron2 import load_sparse_config, register_partial_coco
+    from sparse_ext.detectron2 import register_partial_coco
 
     names = {}
     for split in ("val", "test"):
@@ -60,19 +61,15 @@ def rescore(work_dir: str, data: str, floor: float) -> Tuple[Dict[str, float], D
                 os.path.join(data, "annotations", f"{split}.json"),
                 os.path.join(data, "images", split),
             )
-    cfg = load_sparse_config(os.path.join(work_dir, "config.yaml"))
+    cfg = inference_config(work_dir)
     cfg.merge_from_list(
         [
-            "MODEL.DEVICE", "cpu",
-            "MODEL.WEIGHTS", os.path.join(work_dir, "model_final.pth"),
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", floor,
             "TEST.SPARSE.F1_THRESHOLDS", thresholds_from(floor),
             "DATASETS.TEST", (names["val"], names["test"]),
             "OUTPUT_DIR", os.path.join(work_dir, "score_floor"),
         ]
     )  # fmt: skip
-    if not cfg.MODEL.SPARSE.ANNOTATED_FRACTION:  # some losses need f to be built; inference
-        cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.5  # never reads it (the training data's is gone)
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
@@ -93,16 +90,17 @@ def recorded(csv_path: str, work_dir: str) -> Tuple[float, float]:
     Raises:
         ValueError: the name is not a benchmark run's, or the CSV has no finished row of it.
     """
-    name = os.path.basename(os.path.normpath(work_dir))
-    match = re.fullmatch(r"(.+)_f(\d{3})_s(\d+)", name)
-    if match is None:
-        raise ValueError(f"{work_dir}: not a benchmark run folder ({{loss}}_f{{NNN}}_s{{seed}})")
-    key = (match.group(1), int(match.group(2)), match.group(3), "ok")
+    from sparse_ext.benchmark.context import parse_run_folder
+
+    loss, fraction, seed = parse_run_folder(work_dir)
+    key = (loss, fraction, str(seed), "ok")
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             if (row["loss"], int(row["fraction"]), row["seed"], row["status"]) == key:
                 return float(row["val_threshold"]), float(row["f1_valthr"])
-    raise ValueError(f"{csv_path}: no finished row of {name}")
+    raise ValueError(
+        f"{csv_path}: no finished row of {os.path.basename(os.path.normpath(work_dir))}"
+    )
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -137,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"| {name} | {old_t:g} | {old_f1:.3f} | no weights | left out |", flush=True)
             continue
-        pooled[re.sub(r"_s\d+$", "", name)].append((old_f1, new_f1))
+        pooled[method_of(wd)].append((old_f1, new_f1))
         print(f"| {name} | {old_t:g} | {old_f1:.3f} | {new} |", flush=True)
     print()
     print(f"| method | runs | F1@val (floor 0.05) | F1@val (floor {args.floor:g}) | change |")

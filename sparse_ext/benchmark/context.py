@@ -11,13 +11,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 from sparse_ext.benchmark.results import RunKey, fraction_label, run_key
 from sparse_ext.benchmark.specs import LossSpec
 
-__all__ = ["RunContext", "SetupError"]
+__all__ = ["RunContext", "SetupError", "parse_run_folder", "run_folder_name"]
+
+
+def run_folder_name(loss: str, fraction: int, seed: int) -> str:
+    """The folder of one run under ``work_dirs/<task>/<dataset>``: ``<loss>_f<NNN>_s<seed>``."""
+    return f"{loss}_f{int(fraction):03d}_s{int(seed)}"
+
+
+def parse_run_folder(path: str) -> Tuple[str, int, int]:
+    """(loss, annotation %, seed) of a run folder named by :func:`run_folder_name`.
+
+    Raises:
+        ValueError: the folder's name is not a run's.
+    """
+    name = os.path.basename(os.path.normpath(path))
+    match = re.fullmatch(r"(.+)_f(\d{3})_s(\d+)", name)
+    if match is None:
+        raise ValueError(f"{path}: not a benchmark run folder (<loss>_f<NNN>_s<seed>)")
+    return match.group(1), int(match.group(2)), int(match.group(3))
 
 
 class SetupError(RuntimeError):

@@ -20,7 +20,7 @@ import time
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from sparse_ext.benchmark.context import RunContext
+from sparse_ext.benchmark.context import RunContext, run_folder_name
 from sparse_ext.benchmark.results import (
     METRIC_COLUMNS,
     ONE_PER_PATCH,
@@ -152,7 +152,7 @@ def run_benchmark(
             profile=profile,
             data_root=data_root,
             work_dir=os.path.join(
-                work_dirs, task, dataset, f"{spec.name}_f{int(fraction):03d}_s{seed}"
+                work_dirs, task, dataset, run_folder_name(spec.name, fraction, seed)
             ),
             verbose=verbose,
         )
