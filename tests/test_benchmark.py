@@ -659,6 +659,7 @@ def test_det_dense_data_get_larger_samplers(tmp_path, per_image, dense):
 def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
     """--scale-jitter 1.5: training crops resized to a short side drawn from 256 / 320 / 384 (the
     crop, 1.25 x, 1.5 x); without it the profile's single 256; test frames stay native."""
+    from sparse_ext.benchmark import run_benchmark
     from sparse_ext.benchmark.det import build_command, scale_jitter_opts
     from sparse_ext.cli import main
 
@@ -683,6 +684,8 @@ def test_det_scale_jitter_is_multi_scale_training(tmp_path, capsys):
     assert off_grid["INPUT.MIN_SIZE_TRAIN"] == "(256, 282)"
     assert main(["benchmark", "--task", "seg", "--scale-jitter", "1.5", "--out", "o"]) == 2
     assert "--scale-jitter is for --task det" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="scale_jitter .* is for task 'det', not 'seg'"):
+        run_benchmark(str(root), "seg", profile_overrides={"scale_jitter": 1.5}, out=str(tmp_path))
 
 
 def test_det_recipe_checks_choose_the_prior_by_validation_recall():

@@ -487,8 +487,13 @@ def test_ece_exclusion_budget_from_config_and_the_annotated_fraction():
         0.2,
     ]
     cfg = tiny_cfg("ece", "ece", **{"MODEL.SPARSE.ECE.EXCLUSION_BUDGET": -1.0})
+    model = build(cfg)  # inference reads no f: the model builds, and predicts
+    model.eval()
+    with torch.no_grad():
+        assert len(model(batch("mixed"))) == 2
+    model.train()
     with pytest.raises(ValueError, match="ECE.EXCLUSION_BUDGET derives pi_u.*ANNOTATED_FRACTION"):
-        build(cfg)
+        train_steps(model, batch("mixed"), steps=1)  # training does
     cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.1  # pi_u of each stage's object share
     assert budgets(cfg) == [
         pytest.approx(unlabeled_prior(0.1, 0.06)),
@@ -661,10 +666,16 @@ def test_sampled_prior_reads_the_annotated_fraction_from_the_training_metadata()
         with pytest.raises(ValueError, match="different annotated fractions"):
             build(cfg)
         cfg.DATASETS.TRAIN = (names[3],)
+        model = build(cfg)  # the RPN still derives its pi_u: it cannot train, inference can
+        assert model.proposal_generator.pu_options["prior"] is None
+        model.eval()
+        with torch.no_grad():
+            assert len(model(batch("mixed"))) == 2
+        model.train()
         with pytest.raises(
             ValueError, match="RPN_UNLABELED_PRIOR -1 derives pi_u.*ANNOTATED_FRACTION"
         ):
-            build(cfg)  # the RPN still derives its pi_u
+            train_steps(model, batch("mixed"), steps=1)
         cfg.MODEL.SPARSE.PU.MODE = "classic"
         with pytest.raises(ValueError, match="PRIOR_MODE 'sampled' needs MODE 'detection'"):
             build(cfg)

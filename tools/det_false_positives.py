@@ -20,10 +20,12 @@ Each folder is a benchmark run's OUTPUT_DIR (its ``config.yaml`` and ``model_fin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import warnings
 from collections import Counter, defaultdict
 from typing import Dict, List, Sequence
 
@@ -75,9 +77,18 @@ def inference_config(work_dir: str):
     cfg = load_sparse_config(os.path.join(work_dir, "config.yaml"))
     cfg.MODEL.WEIGHTS = os.path.join(work_dir, "model_final.pth")
     cfg.MODEL.DEVICE = "cpu"
-    if not cfg.MODEL.SPARSE.ANNOTATED_FRACTION:  # some losses need f to be built; inference
-        cfg.MODEL.SPARSE.ANNOTATED_FRACTION = 0.5  # never reads it (the training data's is gone)
     return cfg
+
+
+@contextlib.contextmanager
+def without_fraction_warning():
+    """Build a model for inference without the warning that the annotated fraction is unknown
+    (the recipe's bound falls back at build; inference reads no fraction)."""
+    from sparse_ext.losses.fraction import FALLBACK_WARNING
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=FALLBACK_WARNING, category=UserWarning)
+        yield
 
 
 def method_of(work_dir: str) -> str:
@@ -89,7 +100,8 @@ def _predictor(work_dir: str):
     """Detectron2's DefaultPredictor for the run in ``work_dir`` on the CPU."""
     from detectron2.engine import DefaultPredictor
 
-    return DefaultPredictor(inference_config(work_dir))
+    with without_fraction_warning():
+        return DefaultPredictor(inference_config(work_dir))
 
 
 def _test_images(coco: Dict, images: str):

@@ -33,7 +33,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from det_false_positives import inference_config, method_of  # noqa: E402
+from det_false_positives import (  # noqa: E402
+    inference_config,
+    method_of,
+    without_fraction_warning,
+)
 
 
 def thresholds_from(floor: float) -> List[float]:
@@ -70,7 +74,8 @@ def rescore(work_dir: str, data: str, floor: float) -> Tuple[Dict[str, float], D
             "OUTPUT_DIR", os.path.join(work_dir, "score_floor"),
         ]
     )  # fmt: skip
-    model = Trainer.build_model(cfg)
+    with without_fraction_warning():
+        model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
         results = Trainer.test(cfg, model)

@@ -132,6 +132,8 @@ def run_benchmark(
                 f"fractions must be in 1..100 (detection also {ONE_PER_PATCH}: one annotation "
                 f"per patch), got {f}"
             )
+    if (profile_overrides or {}).get("scale_jitter") and task != "det":
+        raise ValueError(f"scale_jitter (multi-scale training) is for task 'det', not {task!r}")
     check_environment = getattr(task_module(task), "check_environment", None)
     if check_environment is not None:
         check_environment()

@@ -415,16 +415,24 @@ def validate_sparse_test_config(cfg: CN) -> None:
     _raise(errors, "TEST.SPARSE")
 
 
-def build_ece_loss(cfg: CN, *, use_sigmoid: bool, reduction: str):
+def build_ece_loss(
+    cfg: CN, *, use_sigmoid: bool, reduction: str, unknown: Optional[List[str]] = None
+):
     """The ExclusiveCrossEntropy module configured by ``MODEL.SPARSE.ECE`` (the RPN's when
-    ``use_sigmoid``)."""
+    ``use_sigmoid``).
+
+    Raises:
+        ValueError: EXCLUSION_BUDGET -1 and no annotated fraction known; with ``unknown`` given
+            the message is appended to it instead and the module has no bound (not to be trained).
+    """
     from sparse_ext.losses import ExclusiveCrossEntropy
 
     ece = cfg.MODEL.SPARSE.ECE
     # None also with ESTIMATED_BUDGET: the ROI head passes its budget per call, the RPN has none
     budget: Optional[float] = None
     if ece.EXCLUSION_BUDGET == -1.0:
-        budget = _unlabeled_prior_of(cfg, "rpn" if use_sigmoid else "roi", "ECE.EXCLUSION_BUDGET")
+        stage = "rpn" if use_sigmoid else "roi"
+        budget = _unlabeled_prior_of(cfg, stage, "ECE.EXCLUSION_BUDGET", unknown)
     elif 0.0 <= ece.EXCLUSION_BUDGET < 1.0:
         budget = float(ece.EXCLUSION_BUDGET)
     focal_on = ece.FOCAL_GAMMA != 0.0 or ece.FOCAL_ALPHA != 1.0
@@ -467,7 +475,7 @@ def annotated_fraction(cfg: CN) -> Optional[float]:
     return values.pop() if values else None
 
 
-def pu_prior(cfg: CN, stage: str) -> float:
+def pu_prior(cfg: CN, stage: str, unknown: Optional[List[str]] = None) -> Optional[float]:
     """The ``prior`` argument of ``nnpu_loss`` for the ROI head (``stage="roi"``) or the RPN.
 
     PRIOR_MODE "fixed": PRIOR (the RPN: RPN_PRIOR when > 0). "sampled": pi_u, UNLABELED_PRIOR
@@ -476,7 +484,8 @@ def pu_prior(cfg: CN, stage: str) -> float:
     (RPN_OBJECT_SHARE).
 
     Raises:
-        ValueError: "sampled" with pi_u to derive and no annotated fraction known.
+        ValueError: "sampled" with pi_u to derive and no annotated fraction known; with
+            ``unknown`` given the message is appended to it instead and None returned.
     """
     pu = cfg.MODEL.SPARSE.PU
     rpn = stage == "rpn"
@@ -486,54 +495,57 @@ def pu_prior(cfg: CN, stage: str) -> float:
     if pi_u >= 0:
         return pi_u
     key = "RPN_UNLABELED_PRIOR" if rpn else "UNLABELED_PRIOR"
-    return _unlabeled_prior_of(cfg, stage, f"PU.PRIOR_MODE 'sampled' with PU.{key} -1")
+    return _unlabeled_prior_of(cfg, stage, f"PU.PRIOR_MODE 'sampled' with PU.{key} -1", unknown)
 
 
-def _unlabeled_prior_of(cfg: CN, stage: str, user: str) -> float:
+def _unlabeled_prior_of(
+    cfg: CN, stage: str, user: str, unknown: Optional[List[str]] = None
+) -> Optional[float]:
     """pi_u of the ROI head (``stage="roi"``) or the RPN derived from the annotated fraction:
     ``unlabeled_prior(f, q)`` = (1 - f) q / (1 - f q) with f from :func:`annotated_fraction` and
     q = PU.OBJECT_SHARE (RPN_OBJECT_SHARE).
 
     Raises:
-        ValueError: no annotated fraction known (``user`` names the setting that needs it).
+        ValueError: no annotated fraction known (``user`` names the setting that needs it);
+            with ``unknown`` given the message is appended to it instead and None returned.
     """
     from sparse_ext.losses.nnpu import unlabeled_prior
 
-    fraction = _known_fraction(cfg, user)
-    pu = cfg.MODEL.SPARSE.PU
-    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if stage == "rpn" else pu.OBJECT_SHARE)
-
-
-def _known_fraction(cfg: CN, user: str) -> float:
-    """:func:`annotated_fraction`, which ``MODEL.SPARSE.{user}`` needs.
-
-    Raises:
-        ValueError: no annotated fraction known.
-    """
     fraction = annotated_fraction(cfg)
     if fraction is None:
-        raise ValueError(
+        message = (
             f"MODEL.SPARSE.{user} derives pi_u from the annotated fraction, which is unknown: "
             "set MODEL.SPARSE.ANNOTATED_FRACTION, or train on COCO files with "
             "info.sparse_fraction (sparse-ext convert subsample)"
         )
-    return fraction
+        if unknown is None:
+            raise ValueError(message)
+        unknown.append(message)
+        return None
+    pu = cfg.MODEL.SPARSE.PU
+    return unlabeled_prior(fraction, pu.RPN_OBJECT_SHARE if stage == "rpn" else pu.OBJECT_SHARE)
 
 
 def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
     """Constructor arguments of SparseFastRCNNOutputLayers (``stage="roi"``) or SparseRPN
-    (``stage="rpn"``) from ``cfg.MODEL.SPARSE``, after :func:`validate_sparse_config`."""
+    (``stage="rpn"``) from ``cfg.MODEL.SPARSE``, after :func:`validate_sparse_config`.
+
+    A pi_u to derive from an unknown annotated fraction (PU.PRIOR_MODE "sampled", ECE
+    EXCLUSION_BUDGET -1) does not stop the model from being built, for inference, which reads
+    neither: ``unknown_fraction`` carries the error, which the head raises at its first loss.
+    """
     if stage not in ("roi", "rpn"):
         raise ValueError(f"stage must be 'roi' or 'rpn', got {stage!r}")
     validate_sparse_config(cfg)
     sparse = cfg.MODEL.SPARSE
     key = "MODEL.SPARSE.ROI_LOSS" if stage == "roi" else "MODEL.SPARSE.RPN_LOSS"
     loss = check_loss_name(sparse.ROI_LOSS if stage == "roi" else sparse.RPN_LOSS, key)
+    unknown: List[str] = []
     options: Dict[str, Any] = {
         "loss_name": loss,
         "max_iter": cfg.SOLVER.MAX_ITER,
         "pu_options": {
-            "prior": pu_prior(cfg, stage) if loss == "nnpu" else sparse.PU.PRIOR,
+            "prior": pu_prior(cfg, stage, unknown) if loss == "nnpu" else sparse.PU.PRIOR,
             "mode": sparse.PU.MODE,
             "nonnegative": sparse.PU.NONNEGATIVE,
             "beta": sparse.PU.BETA,
@@ -555,6 +567,7 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
             cfg,
             use_sigmoid=stage == "rpn",
             reduction="mean" if stage == "roi" else "sum",
+            unknown=unknown,
         )
         if stage == "roi" and sparse.ECE.KEEP_BACKGROUND_IOU > 0:
             options["ece_keep_background_iou"] = float(sparse.ECE.KEEP_BACKGROUND_IOU)
@@ -569,6 +582,7 @@ def sparse_loss_options(cfg: CN, stage: str) -> Dict[str, Any]:
                 f"MODEL.SPARSE.ECE.EXCLUSION_BUDGET {ESTIMATED_BUDGET:g}",
                 "MODEL.SPARSE.ANNOTATED_FRACTION",
             )
+    options["unknown_fraction"] = unknown[0] if unknown else None
     return options
 
 

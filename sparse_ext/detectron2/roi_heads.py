@@ -64,6 +64,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         ece_keep_background_score: Optional[float] = None,
         ece_foreground_iou: float = 0.5,
         max_iter: int = 0,
+        unknown_fraction: Optional[str] = None,
         **kwargs,
     ):
         """
@@ -86,6 +87,8 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
                 proposals whose IoU with one stays below ``ece_foreground_iou``.
             ece_foreground_iou: the ROI head's foreground IoU threshold.
             max_iter: SOLVER.MAX_ITER, the denominator of training progress.
+            unknown_fraction: why the loss cannot train (a pi_u to derive from an unknown
+                annotated fraction; the prior or bound is then unset): raised by ``losses``.
             kwargs: FastRCNNOutputLayers' arguments.
         """
         loss_name = check_loss_name(loss_name, "loss_name")
@@ -98,7 +101,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         if loss_name == "ece" and ece_loss is None:
             raise ValueError("loss_name 'ece' needs ece_loss (build it with add_sparse_config)")
-        if loss_name == "nnpu" and "prior" not in (pu_options or {}):
+        if loss_name == "nnpu" and (pu_options or {}).get("prior") is None and not unknown_fraction:
             raise ValueError("loss_name 'nnpu' needs pu_options with a 'prior'")
         super().__init__(input_shape, **kwargs)
         self.loss_name = loss_name
@@ -113,6 +116,7 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.ece_keep_background_score = ece_keep_background_score
         self.ece_foreground_iou = float(ece_foreground_iou)
         self.max_iter = int(max_iter)
+        self.unknown_fraction = unknown_fraction
         self._progress: Optional[float] = None
 
     @classmethod
@@ -133,6 +137,8 @@ class SparseFastRCNNOutputLayers(FastRCNNOutputLayers):
         return 0.0 if p is None else p
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+        if self.unknown_fraction:
+            raise ValueError(self.unknown_fraction)
         losses = super().losses(predictions, proposals)  # box regression and logging, as stock
         if self.loss_name == "ce":
             return losses

@@ -46,6 +46,7 @@ class SparseRPN(RPN):
         focal_options: Optional[Dict[str, Any]] = None,
         bde_options: Optional[Dict[str, Any]] = None,
         max_iter: int = 0,
+        unknown_fraction: Optional[str] = None,
         **kwargs,
     ):
         """
@@ -56,12 +57,14 @@ class SparseRPN(RPN):
             focal_options: ``alpha`` and ``gamma`` of ``sigmoid_focal_loss``.
             bde_options: ``iou_threshold`` and ``score_threshold`` of ``bde_weights``.
             max_iter: SOLVER.MAX_ITER, the denominator of training progress.
+            unknown_fraction: why the loss cannot train (a pi_u to derive from an unknown
+                annotated fraction; the prior or bound is then unset): raised by ``losses``.
             kwargs: RPN's arguments.
         """
         loss_name = check_loss_name(loss_name, "loss_name")
         if loss_name == "ece" and ece_loss is None:
             raise ValueError("loss_name 'ece' needs ece_loss (build it with add_sparse_config)")
-        if loss_name == "nnpu" and "prior" not in (pu_options or {}):
+        if loss_name == "nnpu" and (pu_options or {}).get("prior") is None and not unknown_fraction:
             raise ValueError("loss_name 'nnpu' needs pu_options with a 'prior'")
         super().__init__(**kwargs)
         self.loss_name = loss_name
@@ -70,6 +73,7 @@ class SparseRPN(RPN):
         self.focal_options = dict(focal_options or {"alpha": 0.25, "gamma": 2.0})
         self.bde_options = dict(bde_options or {})
         self.max_iter = int(max_iter)
+        self.unknown_fraction = unknown_fraction
         self._progress: Optional[float] = None
 
     @classmethod
@@ -97,6 +101,8 @@ class SparseRPN(RPN):
         pred_anchor_deltas: List[torch.Tensor],
         gt_boxes: List[torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
+        if self.unknown_fraction:
+            raise ValueError(self.unknown_fraction)
         losses = super().losses(
             anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
         )
