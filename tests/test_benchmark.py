@@ -730,6 +730,14 @@ def test_det_recipe_checks_choose_the_prior_by_validation_recall():
     lines = tool.checks([*rows, row("zz_new", 0, 0.5, 0.7), row("bde", 0, 0.5, 0.7)])
     names = [x.split(" | ")[0][2:] for x in lines[2:] if x.startswith("| ")]
     assert names[-1] == "zz_new" and names.index("bde") < names.index("nnpu_val")
+    # runs with AP50 < 0.01 are listed (nnpu_val repeats a run: not counted twice)
+    assert not any("learned nothing" in x for x in tool.checks(rows[:6]))
+    lines = tool.checks([*rows, row("ece", 3, 0.5, 0.0)])
+    assert lines[-1] == (
+        "- learned nothing (AP50 < 0.01, 7 of 14 runs): nnpu_pi03 10% seed 0; nnpu_pi05 10% "
+        "seed 0; nnpu_pi06 10% seed 0; nnpu_pi02 10% seed 1; nnpu_pi04 10% seed 1; nnpu_pi06 10% "
+        "seed 1; ece 10% seed 3"
+    )
 
 
 def test_derived_data_is_kept_per_dataset(tmp_path):

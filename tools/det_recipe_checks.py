@@ -38,6 +38,9 @@ METRICS = ("recall", "precision", "f1", "f1_valthr", "ap", "ap50")
 PAIRED = ("f1", "recall", "precision", "f1_valthr", "ap")
 PAIRED_NAMES = {"f1": "F1", "f1_valthr": "F1@val", "ap": "AP"}
 FIXED_PRIORS = tuple(f"nnpu_pi{p:02d}" for p in range(2, 7))
+#: a run whose AP50 stays below this detected almost no nucleus at any score: it learned nothing
+#: (a stalled classifier, a collapsed RPN, or too few annotations), whatever its losses did
+NOTHING_LEARNED_AP50 = 0.01
 METHODS = (
     "ce",
     "focal",
@@ -120,6 +123,16 @@ def checks(rows: Sequence[Mapping[str, str]], baseline: str = "ce") -> List[str]
         for f in fractions
         if chosen.get(f)
     ]
+    nothing = [
+        f"{r['loss']} {fraction_label(int(r['fraction']))} seed {r['seed']}"
+        for r in rows
+        if r["loss"] != "nnpu_val" and _num(r.get("ap50")) < NOTHING_LEARNED_AP50
+    ]
+    if nothing:
+        notes.append(
+            f"- learned nothing (AP50 < {NOTHING_LEARNED_AP50:g}, {len(nothing)} of "
+            f"{sum(r['loss'] != 'nnpu_val' for r in rows)} runs): {'; '.join(nothing)}"
+        )
     return lines + ([""] + notes if notes else [])
 
 
