@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import warnings
 from collections import Counter, defaultdict
@@ -93,7 +92,10 @@ def without_fraction_warning():
 
 def method_of(work_dir: str) -> str:
     """The name a run's folder shares with the other seeds of its method and level."""
-    return re.sub(r"_s\d+$", "", os.path.basename(os.path.normpath(work_dir)))
+    from sparse_ext.benchmark.context import parse_run_folder, run_folder_name
+
+    loss, fraction, seed = parse_run_folder(work_dir)
+    return run_folder_name(loss, fraction, seed).removesuffix(f"_s{seed}")
 
 
 def _predictor(work_dir: str):

@@ -26,7 +26,10 @@ import os
 import sys
 from typing import Dict, Set
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from det_false_positives import inference_config  # noqa: E402
 
 
 def _partial_file(run: str, data: str) -> str:
@@ -49,7 +52,6 @@ def measure(run: str, data: str, passes: int = 3) -> Dict[str, float]:
     import numpy as np
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetMapper
     from detectron2.data.datasets import load_coco_json
     from detectron2.modeling import build_model
@@ -59,18 +61,14 @@ def measure(run: str, data: str, passes: int = 3) -> Dict[str, float]:
     from detectron2.structures import pairwise_iou
     from detectron2.utils.events import EventStorage
 
-    from sparse_ext.detectron2 import add_sparse_config
     from sparse_ext.losses import estimated_unlabeled_prior, unlabeled_prior
 
-    cfg = get_cfg()
-    add_sparse_config(cfg)
-    cfg.merge_from_file(os.path.join(run, "config.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = inference_config(run)
     object_share = cfg.MODEL.SPARSE.PU.OBJECT_SHARE
-    cfg.MODEL.SPARSE.ROI_LOSS = cfg.MODEL.SPARSE.RPN_LOSS = "ce"  # only the proposals are used
-    cfg.MODEL.SPARSE.ECE.EXCLUSION_BUDGET = 1.0
+    # only the proposals are used; the RPN computes its loss in training mode
+    cfg.MODEL.SPARSE.ROI_LOSS = cfg.MODEL.SPARSE.RPN_LOSS = "ce"
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(os.path.join(run, "model_final.pth"))
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.train()  # training-mode proposals (POST_NMS_TOPK_TRAIN)
 
     with open(_partial_file(run, data)) as f:
